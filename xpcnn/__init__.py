@@ -1,0 +1,14 @@
+"""xpcnn: a readable CNN written once against the Python Array API (NumPy on the CPU, CuPy on the GPU)."""
+from . import functional, optim
+from .backend import Backend, available_backends, get_backend, to_numpy
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout,
+                     Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
+                     Sigmoid, Tanh)
+from .model import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
+           "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",
+           "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
+           "optim", "to_numpy", "__version__"]

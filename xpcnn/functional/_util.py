@@ -1,0 +1,75 @@
+"""Small helpers shared by the functional ops: argument normalisation and padding."""
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+
+def pair(value: Any, name: str = "value") -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; anything else is a clear error."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def conv_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int],
+                 stride: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
+    """Resolve ``padding`` to ``(top, bottom, left, right)``.
+
+    ``"same"`` pads so that the output size equals the input size at stride 1,
+    with any odd extra on the bottom/right (as PyTorch does); ``"valid"`` is 0.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride={stride}")
+            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    ph, pw = pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return (ph, ph, pw, pw)
+
+
+def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
+    """Output length of a sliding window (floor mode)."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pad2d(x, pads: tuple[int, int, int, int], value: float = 0.0):
+    """Pad the last two axes of an NCHW array with a constant (the standard has no ``pad``)."""
+    top, bottom, left, right = pads
+    if not (top or bottom or left or right):
+        return x
+    xp = array_namespace(x)
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + top + bottom, w + left + right), value, dtype=x.dtype, device=device(x))
+    out[:, :, top:top + h, left:left + w] = x
+    return out
+
+
+def unpad2d(x, pads: tuple[int, int, int, int]):
+    """Inverse of :func:`pad2d`: the interior view."""
+    top, bottom, left, right = pads
+    if not (top or bottom or left or right):
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    return x[:, :, top:h - bottom, left:w - right]
+
+
+def window(xpad, i: int, j: int, stride: tuple[int, int], dilation: tuple[int, int], oh: int, ow: int):
+    """The strided slice of every output position at kernel offset ``(i, j)``: ``(N, C, oh, ow)``.
+
+    The stop is exactly one past the last element read, never past the end.
+    """
+    hi, wj = i * dilation[0], j * dilation[1]
+    return xpad[:, :, hi:hi + stride[0] * (oh - 1) + 1:stride[0], wj:wj + stride[1] * (ow - 1) + 1:stride[1]]

@@ -1,0 +1,38 @@
+"""Fully connected layer ``y = x @ W.T + b`` and flattening."""
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+
+def linear_forward(x, weight, bias=None):
+    """``x (N, in) -> (N, out)`` with ``weight (out, in)`` as in PyTorch. Returns ``(y, ctx)``."""
+    xp = array_namespace(x, weight)
+    if x.ndim != 2:
+        raise ValueError(f"linear expects a 2-D input (N, features), got shape {tuple(x.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[1]} features, weight expects {weight.shape[1]}")
+    y = x @ xp.matrix_transpose(weight)
+    if bias is not None:
+        y += bias
+    return y, (x, weight, bias is not None)
+
+
+def linear_backward(dy, ctx):
+    """Gradients ``(dx, dweight, dbias)``."""
+    x, weight, has_bias = ctx
+    xp = array_namespace(dy, weight)
+    dx = dy @ weight
+    dw = xp.matrix_transpose(dy) @ x
+    db = xp.sum(dy, axis=0) if has_bias else None
+    return dx, dw, db
+
+
+def linear(x, weight, bias=None):
+    """Forward only."""
+    return linear_forward(x, weight, bias)[0]
+
+
+def flatten(x, start_dim: int = 1):
+    """Collapse all axes from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
+    xp = array_namespace(x)
+    return xp.reshape(x, tuple(x.shape[:start_dim]) + (-1,))

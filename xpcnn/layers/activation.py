@@ -1,0 +1,89 @@
+"""Activation layers and Dropout."""
+from __future__ import annotations
+
+from .. import functional as F
+from .module import Module
+
+
+class ReLU(Module):
+    def forward(self, x):
+        self.check_input(x)
+        self._ctx = y = F.relu(x)
+        return y
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._ctx)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        self.check_input(x)
+        self._ctx = x
+        return F.leaky_relu(x, self.negative_slope)
+
+    def backward(self, dy):
+        return F.leaky_relu_backward(dy, self._ctx, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        self.check_input(x)
+        self._ctx = y = F.sigmoid(x)
+        return y
+
+    def backward(self, dy):
+        return F.sigmoid_backward(dy, self._ctx)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        self.check_input(x)
+        self._ctx = y = F.tanh(x)
+        return y
+
+    def backward(self, dy):
+        return F.tanh_backward(dy, self._ctx)
+
+
+class Dropout(Module):
+    """Inverted dropout: zero each value with probability ``p`` in training, identity in eval.
+
+    Masks come from a generator seeded from the model's seed, on the device
+    (CuPy draws on the GPU; other backends draw on the host and copy).
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self._seed = 0
+        self._random = self._random_backend = None
+
+    def bind(self, backend, rng):
+        self._seed = int(rng.integers(2 ** 63))
+        self._random = None
+        return super().bind(backend, rng)
+
+    def forward(self, x):
+        self.check_input(x)
+        if not self.training or self.p == 0.0:
+            self._ctx = None
+            return x
+        if self._random is None or self._random_backend is not self.backend:
+            self._random, self._random_backend = self.backend.uniform_source(self._seed), self.backend
+        self._ctx = keep = self._random(tuple(x.shape)) >= self.p
+        return F.dropout(x, self.p, keep)
+
+    def backward(self, dy):
+        return dy if self._ctx is None else F.dropout_backward(dy, self.p, self._ctx)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

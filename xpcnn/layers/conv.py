@@ -1,0 +1,76 @@
+"""Conv2d: a learnable 2-D convolution (im2col + GEMM)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..functional._util import conv_padding, pair
+from .module import Module, check_positive_int
+
+
+class Conv2d(Module):
+    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True)``.
+
+    Weight ``(out_channels, in_channels // groups, kh, kw)`` and bias ``(out_channels,)``,
+    initialised as PyTorch does (Kaiming-uniform with a=sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+    ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True):
+        super().__init__()
+        self.in_channels = check_positive_int(in_channels, "in_channels", "Conv2d")
+        self.out_channels = check_positive_int(out_channels, "out_channels", "Conv2d")
+        self.groups = check_positive_int(groups, "groups", "Conv2d")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        if min(self.kernel_size + self.stride + self.dilation) < 1:
+            raise ValueError(f"Conv2d: kernel_size, stride and dilation must be >= 1, got "
+                             f"{self.kernel_size}, {self.stride}, {self.dilation}")
+        conv_padding(padding, self.kernel_size, self.dilation, self.stride)  # validates
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
+        self.has_bias = bool(bias)
+
+    def init_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        params = {"weight": rng.uniform(-bound, bound, (self.out_channels, self.in_channels // self.groups, kh, kw))}
+        if self.has_bias:
+            params["bias"] = rng.uniform(-bound, bound, (self.out_channels,))
+        return params
+
+    def forward(self, x):
+        self.check_input(x, 4, self.in_channels, "(N, C, H, W)")
+        try:
+            y, self._ctx = F.conv2d_forward(x, self.weight.data, self.bias.data if self.has_bias else None,
+                                            self.stride, self.padding, self.dilation, self.groups)
+        except ValueError as e:
+            raise ValueError(f"{self.label()}: {e}") from None
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.conv2d_backward(dy, self._ctx)
+        self.weight.grad += dw
+        if self.has_bias:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.has_bias:
+            s += ", bias=False"
+        return s

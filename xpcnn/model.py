@@ -1,0 +1,83 @@
+"""Sequential: a stack of layers bound to one backend, with forward and backward passes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .layers.module import Module
+
+
+class Sequential(Module):
+    """Layers applied in order, all on one backend and dtype.
+
+    ``Sequential(*layers, backend="numpy", dtype="float32", seed=0)`` draws every
+    parameter from ``numpy.random.default_rng(seed)`` on the host, then copies it
+    to the backend's device: the same seed gives the same weights everywhere.
+    NumPy inputs are moved to the model's device (and cast to its dtype) by
+    ``forward``/``backward``; arrays of another backend or device are an error.
+    """
+
+    def __init__(self, *layers: Module, backend: "str | Backend" = "numpy", dtype: str | None = None,
+                 seed: int = 0, device: Any = None):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, not an xpcnn layer")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Sequential: seed must be an int, got {seed!r}")
+        self.layers = list(layers)
+        self.seed = int(seed)
+        self.bind(get_backend(backend, dtype, device), np.random.default_rng(self.seed))
+
+    def children(self) -> list[tuple[str, Module]]:
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype_name
+
+    def _accept(self, a, what: str):
+        """NumPy/list data is moved here and cast to the model dtype; backend arrays are checked by the layers."""
+        if isinstance(a, (np.ndarray, list, tuple)):
+            host = np.asarray(a)
+            if host.dtype.kind not in "fiub":
+                raise TypeError(f"model {what} must be numeric, got dtype {host.dtype}")
+            return self.backend.asarray(host, dtype=self.backend.dtype)
+        return a
+
+    def forward(self, x):
+        """Run every layer; returns an array of the model's backend."""
+        x = self._accept(x, "input")
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        """Back-propagate ``dy`` (gradient w.r.t. the output); returns the gradient w.r.t. the input."""
+        dy = self._accept(dy, "gradient")
+        if self.layers:
+            self.layers[-1].check_input(dy)
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def extra_repr(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"{inner}\n  backend={self.backend.spec!r}, dtype={self.dtype!r}\n" if self.backend else inner
+
+    def __repr__(self) -> str:
+        return f"Sequential({self.extra_repr()})"
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.parameters())

@@ -1,0 +1,157 @@
+"""Optimizers with PyTorch's update rules: SGD (momentum, dampening, Nesterov, weight decay), Adam, AdamW.
+
+State (momentum buffers, moments) is created on the parameters' device and
+follows them: after ``model.to(...)`` the next ``step()`` moves it along.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+from array_api_compat import array_namespace, device
+
+from .backend import to_numpy
+from .layers.module import Parameter
+
+
+class Optimizer:
+    """Base: a list of parameters, per-parameter state, ``zero_grad`` and ``step``."""
+
+    def __init__(self, params: Iterable[Parameter], lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{type(self).__name__}: expected xpcnn Parameters (model.parameters()), "
+                                f"got {type(p).__name__}")
+        if not lr >= 0.0:
+            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
+        self.lr = float(lr)
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.grad[...] = 0
+
+    def _buffer(self, i: int, name: str):
+        """State ``name`` of parameter ``i``: created as zeros, moved if the parameter moved."""
+        p, st = self.params[i], self.state[i]
+        buf = st.get(name)
+        xp = array_namespace(p.data)
+        if buf is None:
+            buf = st[name] = xp.zeros(p.data.shape, dtype=p.data.dtype, device=device(p.data))
+        elif array_namespace(buf) is not xp or device(buf) != device(p.data):
+            buf = st[name] = _move_like(buf, p.data)
+        return buf
+
+    def step(self) -> None:
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self._update(i, p)
+
+    def _update(self, i: int, p: Parameter) -> None:
+        raise NotImplementedError
+
+    # -- checkpoints ----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"steps": int, "lr": float, "state": {"<index>.<name>": host array}}``."""
+        return {"steps": self.steps, "lr": self.lr,
+                "state": {f"{i}.{k}": to_numpy(v) for i, st in enumerate(self.state) for k, v in st.items()}}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.steps = int(sd["steps"])
+        self.lr = float(sd.get("lr", self.lr))
+        self.state = [{} for _ in self.params]
+        for key, value in sd["state"].items():
+            i, name = key.split(".", 1)
+            i = int(i)
+            if not 0 <= i < len(self.params) or tuple(value.shape) != self.params[i].shape:
+                raise ValueError(f"optimizer state {key!r} does not match the parameters "
+                                 f"(shape {tuple(value.shape)})")
+            self.state[i][name] = _move_like(value, self.params[i].data)
+
+
+def _move_like(a, ref):
+    xp = array_namespace(ref)
+    host = a if isinstance(a, np.ndarray) else to_numpy(a)
+    if "cupy" in xp.__name__:
+        import cupy as cp
+        with device(ref):
+            return cp.asarray(host, dtype=ref.dtype)
+    return xp.asarray(host, dtype=ref.dtype, device=device(ref), copy=True)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's rule: ``buf = m*buf + (1-dampening)*g``; Nesterov optional."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+        self.momentum, self.dampening = float(momentum), float(dampening)
+        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+
+    def _update(self, i, p):
+        g = p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            first = "momentum_buffer" not in self.state[i]
+            buf = self._buffer(i, "momentum_buffer")
+            if first:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                buf += (1.0 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` adds L2 to the gradient (as in PyTorch)."""
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: invalid betas={betas}, eps={eps} or weight_decay={weight_decay}")
+        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
+
+    def _update(self, i, p):
+        b1, b2 = self.betas
+        g = p.grad
+        if self.weight_decay:
+            if self.decoupled:
+                p.data *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p.data
+        m, v = self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq")
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        xp = array_namespace(p.data)
+        t = self.steps
+        step_size = self.lr / (1.0 - b1 ** t)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
+        p.data -= step_size * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter); default ``weight_decay=0.01`` as in PyTorch."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
