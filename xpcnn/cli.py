@@ -1,0 +1,56 @@
+"""The ``xpcnn`` command: ``train``, ``evaluate``, ``predict``, ``bench``, ``parity``, ``info``.
+
+Each sub-command lives in ``xpcnn/commands/<name>.py`` with ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Expected failures (bad
+options, missing files, unavailable backends) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info")
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="xpcnn", description="Array-API CNNs on NumPy (CPU) or CuPy (GPU).")
+    parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"xpcnn.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"xpcnn.commands.{name}":
+                continue  # a command still being written is simply not offered
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("xpcnn: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
+        print(f"xpcnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``xpcnn`` CLI, one module each (see :mod:`xpcnn.cli`)."""
