@@ -97,8 +97,8 @@ def conv2d_backward(dy, ctx):
     colg = xp.reshape(col, (groups, k, p))
     wg = xp.reshape(weight, (groups, f // groups, k))
     if groups == 1:
-        dw = dyt[0] @ xp.matrix_transpose(colg[0])
-        dcol = xp.matrix_transpose(wg[0]) @ dyt[0]
+        dw = dyt[0, ...] @ xp.matrix_transpose(colg[0, ...])
+        dcol = xp.matrix_transpose(wg[0, ...]) @ dyt[0, ...]
     else:
         dw = xp.matmul(dyt, xp.matrix_transpose(colg))
         dcol = xp.matmul(xp.matrix_transpose(wg), dyt)
