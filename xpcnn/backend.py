@@ -196,24 +196,12 @@ class Backend:
     def zeros(self, shape, dtype: Any = None):
         return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
 
-    def uniform_source(self, seed: int):
-        """A seeded generator ``shape -> uniform [0, 1) array`` on this device (for dropout masks)."""
-        if self.name == "cupy":
-            import cupy as cp
-            with self.device:
-                gen = cp.random.default_rng(seed)
+    def uniform_source(self, seed: int) -> "UniformSource":
+        """A seeded generator ``shape -> uniform [0, 1) array`` on this device (for dropout masks).
 
-            def draw(shape):
-                with self.device:
-                    return gen.random(shape, dtype=self.dtype_name)
-            return draw
-        if self.name == "torch":
-            import torch
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed % 2 ** 63)
-            return lambda shape: torch.rand(shape, generator=gen, dtype=self.dtype, device=self.device)
-        host = np.random.default_rng(seed)
-        return lambda shape: self.asarray(host.random(shape, dtype=self.dtype_name))
+        Its ``state_dict()``/``load_state_dict()`` let checkpoints resume the exact mask sequence.
+        """
+        return UniformSource(self, seed)
 
     def synchronize(self) -> None:
         """Wait for queued device work (before reading a clock)."""
@@ -229,6 +217,75 @@ class Backend:
 
     def __hash__(self) -> int:
         return hash((self.name, self.spec, self.dtype_name))
+
+
+class UniformSource:
+    """Seeded uniform [0, 1) draws on a backend's device, with a savable state.
+
+    CuPy draws on the GPU (its state is restored by replaying the logged draw
+    shapes, which is cheap there); torch uses a ``torch.Generator``; the other
+    backends draw on the host with NumPy (state: the bit generator's dict).
+    """
+
+    def __init__(self, backend: Backend, seed: int):
+        self.backend, self.seed = backend, int(seed)
+        self._draws: list[list] = []  # CuPy only: [[shape, count], ...] since seeding
+        self._reseed()
+
+    def _reseed(self) -> None:
+        b = self.backend
+        if b.name == "cupy":
+            import cupy as cp
+            with b.device:
+                self._gen = cp.random.default_rng(self.seed)
+        elif b.name == "torch":
+            import torch
+            self._gen = torch.Generator(device=b.device)
+            self._gen.manual_seed(self.seed % 2 ** 63)
+        else:
+            self._gen = np.random.default_rng(self.seed)
+
+    def __call__(self, shape):
+        b = self.backend
+        shape = tuple(int(d) for d in shape)
+        if b.name == "cupy":
+            if self._draws and tuple(self._draws[-1][0]) == shape:
+                self._draws[-1][1] += 1
+            else:
+                self._draws.append([list(shape), 1])
+            with b.device:
+                return self._gen.random(shape, dtype=b.dtype_name)
+        if b.name == "torch":
+            import torch
+            return torch.rand(shape, generator=self._gen, dtype=b.dtype, device=b.device)
+        return b.asarray(self._gen.random(shape, dtype=b.dtype_name))
+
+    def state_dict(self) -> dict:
+        """A JSON-able description of where the sequence stands."""
+        if self.backend.name == "cupy":
+            return {"kind": "replay", "seed": self.seed, "draws": [list(d) for d in self._draws]}
+        if self.backend.name == "torch":
+            return {"kind": "torch", "seed": self.seed, "state": bytes(self._gen.get_state().tolist()).hex()}
+        return {"kind": "numpy", "seed": self.seed, "state": self._gen.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the sequence saved by :meth:`state_dict` (of this backend kind)."""
+        kind = {"cupy": "replay", "torch": "torch"}.get(self.backend.name, "numpy")
+        if state.get("kind") != kind:
+            raise ValueError(f"random state of kind {state.get('kind')!r} cannot be restored on backend "
+                             f"{self.backend.spec} (which needs {kind!r})")
+        self.seed = int(state["seed"])
+        self._reseed()
+        if kind == "replay":
+            self._draws = []
+            for shape, count in state["draws"]:
+                for _ in range(int(count)):
+                    self(shape)
+        elif kind == "torch":
+            import torch
+            self._gen.set_state(torch.tensor(list(bytes.fromhex(state["state"])), dtype=torch.uint8))
+        else:
+            self._gen.bit_generator.state = state["state"]
 
 
 def _strict_device_name(d) -> str:
