@@ -8,6 +8,7 @@ its namespace from the arrays it is given. Names: ``"numpy"``, ``"cupy"``,
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -194,7 +195,18 @@ class Backend:
         return dt
 
     def zeros(self, shape, dtype: Any = None):
-        return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
+        with self.activate():
+            return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
+
+    def activate(self):
+        """A context that makes this backend's device current.
+
+        CuPy's creation functions (``zeros``, ``empty``, ``full`` ...) ignore
+        ``device=`` and allocate on the *current* CUDA device, and its kernels
+        refuse arrays of another device; so work on ``"cupy:1"`` runs inside
+        ``with backend.activate():``. A no-op for every other backend.
+        """
+        return self.device if self.name == "cupy" else contextlib.nullcontext()
 
     def uniform_source(self, seed: int) -> "UniformSource":
         """A seeded generator ``shape -> uniform [0, 1) array`` on this device (for dropout masks).
@@ -313,6 +325,13 @@ def available_backends() -> dict[str, str]:
         except Exception as e:  # report, don't raise
             out[name] = str(e)
     return out
+
+
+def device_context(a: Any):
+    """``with device_context(a):`` makes the CUDA device of CuPy array ``a`` current; a no-op otherwise."""
+    from array_api_compat import is_cupy_array
+
+    return a.device if is_cupy_array(a) else contextlib.nullcontext()
 
 
 def to_numpy(a: Any) -> np.ndarray:

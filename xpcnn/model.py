@@ -59,8 +59,9 @@ class Sequential(Module):
     def forward(self, x):
         """Run every layer; returns an array of the model's backend."""
         x = self._accept(x, "input")
-        for layer in self.layers:
-            x = layer.forward(x)
+        with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
+            for layer in self.layers:
+                x = layer.forward(x)
         return x
 
     def backward(self, dy):
@@ -68,8 +69,9 @@ class Sequential(Module):
         dy = self._accept(dy, "gradient")
         if self.layers:
             self.layers[-1].check_input(dy)
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        with self.backend.activate():
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
         return dy
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from .backend import to_numpy
+from .backend import device_context, to_numpy
 from .layers.module import Parameter
 
 
@@ -35,7 +35,8 @@ class Optimizer:
     def zero_grad(self) -> None:
         for p in self.params:
             if p.grad is not None:
-                p.grad[...] = 0
+                with device_context(p.grad):
+                    p.grad[...] = 0
 
     def _buffer(self, i: int, name: str):
         """State ``name`` of parameter ``i``: created as zeros, moved if the parameter moved."""
@@ -52,7 +53,8 @@ class Optimizer:
         self.steps += 1
         for i, p in enumerate(self.params):
             if p.grad is not None:
-                self._update(i, p)
+                with device_context(p.data):  # CuPy: the parameter's GPU, not the current one
+                    self._update(i, p)
 
     def _update(self, i: int, p: Parameter) -> None:
         raise NotImplementedError

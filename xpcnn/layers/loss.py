@@ -7,6 +7,7 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_array
 
 from .. import functional as F
+from ..backend import device_context
 
 
 def _to_device_of(a: Any, ref):
@@ -74,14 +75,16 @@ class CrossEntropyLoss:
             if lo < 0 or hi >= c:
                 raise ValueError(f"CrossEntropyLoss: labels must be in [0, {c - 1}] for {c} classes, "
                                  f"got values in [{lo}, {hi}]")
-        loss, self._ctx = F.cross_entropy_forward(logits, labels)
+        with device_context(logits):
+            loss, self._ctx = F.cross_entropy_forward(logits, labels)
         return loss
 
     def backward(self, dloss: float = 1.0):
         """Gradient w.r.t. the logits of the last call."""
         if self._ctx is None:
             raise RuntimeError("CrossEntropyLoss.backward() called before the loss was computed")
-        return F.cross_entropy_backward(self._ctx, dloss)
+        with device_context(self._ctx[0]):
+            return F.cross_entropy_backward(self._ctx, dloss)
 
 
 class MSELoss:
@@ -102,13 +105,15 @@ class MSELoss:
         xp = array_namespace(pred)
         if target.dtype != pred.dtype:
             target = xp.astype(target, pred.dtype)
-        loss, self._ctx = F.mse_forward(pred, target)
+        with device_context(pred):
+            loss, self._ctx = F.mse_forward(pred, target)
         return loss
 
     def backward(self, dloss: float = 1.0):
         if self._ctx is None:
             raise RuntimeError("MSELoss.backward() called before the loss was computed")
-        return F.mse_backward(self._ctx, dloss)
+        with device_context(self._ctx):
+            return F.mse_backward(self._ctx, dloss)
 
 
 def _on_gpu(a) -> bool:

@@ -165,11 +165,12 @@ class Module:
         return self
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
-            if p.grad is None:
-                p.grad = self.backend.zeros(p.data.shape)
-            else:
-                p.grad[...] = 0
+        with self.backend.activate():
+            for p in self.parameters():
+                if p.grad is None:
+                    p.grad = self.backend.zeros(p.data.shape)
+                else:
+                    p.grad[...] = 0
 
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():

@@ -32,7 +32,7 @@ class _BatchNorm(Module):
     def bind(self, backend, rng):
         super().bind(backend, rng)
         if self.track_running_stats:  # int64 where the device has it (PyTorch's dtype), else its index dtype
-            self.num_batches_tracked = backend.xp.zeros((), dtype=backend.index_dtype, device=backend.device)
+            self.num_batches_tracked = backend.zeros((), dtype=backend.index_dtype)
         return self
 
     def forward(self, x):
