@@ -1,0 +1,193 @@
+"""Conv2d (functional im2col/col2im and the layer) against the loop reference and numerical gradients."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import reference as ref
+import xpcnn
+import xpcnn.functional as F
+from conftest import STRICT, make_env
+from gradcheck import assert_close, check_grads
+
+KERNELS = [(3, 3), (2, 3), (3, 2), (1, 1)]
+SIZES = [(7, 6), (5, 8), (6, 5)]
+CHANNELS = {1: (3, 4, 1), 2: (4, 6, 2), "dw": (3, 6, 3)}  # (C, F, groups); "dw": depthwise, multiplier 2
+
+
+def _grid():
+    cases, k = [], 0
+    for g in (1, 2, "dw"):
+        for dil in (1, 2):
+            for stride in (1, 2, 3):
+                for pad in (0, 1, 2, "same"):
+                    if pad == "same" and stride != 1:
+                        continue
+                    cases.append((g, KERNELS[k % 4], stride, pad, dil, SIZES[k % 3], (2, 1)[k % 2]))
+                    k += 1
+    # rectangular strides / paddings / dilations, "valid", kernel as big as the padded input
+    cases += [(1, (3, 2), (2, 1), (1, 2), (2, 1), (7, 6), 2),
+              (2, (2, 3), (1, 3), (2, 0), (1, 2), (6, 9), 1),
+              ("dw", (3, 3), 1, "valid", 1, (5, 5), 2),
+              (1, (2, 2), 1, "same", (2, 1), (6, 5), 1),  # even kernel: odd "same" padding, extra bottom/right
+              (1, (4, 3), 1, "same", 1, (5, 6), 2),
+              (2, (3, 3), 2, 1, 1, (1, 1), 2)]            # 1x1 input, padding makes room for the 3x3 kernel
+    return cases
+
+
+GRID = _grid()
+
+
+def _ids(case):
+    g, k, s, p, d, hw, n = case
+    return f"g{g}-k{k[0]}x{k[1]}-s{s}-p{p}-d{d}-{hw[0]}x{hw[1]}-n{n}".replace(" ", "")
+
+
+def _data(case, rng):
+    g, kernel, stride, pad, dil, (h, w), n = case
+    c, f, groups = CHANNELS[g]
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((f, c // groups) + kernel)
+    b = rng.standard_normal(f)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    pads = ref.pads_of(pad if isinstance(pad, str) else pair(pad), kernel, pair(dil), pair(stride))
+    return x, wt, b, groups, pair(stride), pads, pair(dil)
+
+
+def _check_functional(env, case, rng, bias=True):
+    g, kernel, stride, pad, dil, hw, n = case
+    x, wt, b, groups, s2, pads, d2 = _data(case, rng)
+    x, wt, b = env.ref_input(x), env.ref_input(wt), env.ref_input(b)
+    y_ref = ref.conv2d_forward(x, wt, b if bias else None, s2, pads, d2, groups)
+    dy = env.ref_input(rng.standard_normal(y_ref.shape))
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy, x, wt, s2, pads, d2, groups)
+
+    y, ctx = F.conv2d_forward(env.put(x), env.put(wt), env.put(b) if bias else None, stride, pad, dil, groups)
+    assert_close(env.get(y), y_ref, env.tol, "conv2d forward")
+    dx, dw, db = F.conv2d_backward(env.put(dy), ctx)
+    assert_close(env.get(dx), dx_ref, env.tol, "conv2d dx")
+    assert_close(env.get(dw), dw_ref, env.tol, "conv2d dweight")
+    if bias:
+        assert_close(env.get(db), db_ref, env.tol, "conv2d dbias")
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("case", GRID, ids=_ids)
+def test_conv2d_matches_loop_reference_numpy(case, np_env, rng):
+    """Full grid in float64 on NumPy: stride 1-3, padding 0-2/same/valid, dilation 1-2, groups 1/2/depthwise."""
+    _check_functional(np_env, case, rng, bias=GRID.index(case) % 5 != 0)
+
+
+STRICT_CASES = [GRID[i] for i in (1, 9, 23, 41, 55)] + GRID[-6:-3]
+
+
+@pytest.mark.parametrize("key", STRICT)
+@pytest.mark.parametrize("case", STRICT_CASES, ids=_ids)
+def test_conv2d_matches_loop_reference_strict(case, key, rng):
+    _check_functional(make_env(key), case, rng)
+
+
+@pytest.mark.parametrize("case", GRID[::6] + GRID[-6:], ids=_ids)
+def test_conv2d_backward_matches_numerical_gradient(case, rng):
+    g, kernel, stride, pad, dil, hw, n = case
+    x, wt, b, groups, *_ = _data(case, rng)
+    y, ctx = F.conv2d_forward(x, wt, b, stride, pad, dil, groups)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, ctx)
+    check_grads(lambda x_, w_, b_: F.conv2d(x_, w_, b_, stride, pad, dil, groups), [x, wt, b], [dx, dw, db], dy,
+                names=["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("case", [GRID[3], GRID[-5], GRID[-3]], ids=_ids)
+def test_reference_conv_backward_is_the_gradient_of_its_forward(case, rng):
+    """The loop reference checks itself: its backward is the numerical gradient of its forward."""
+    x, wt, b, groups, s2, pads, d2 = _data(case, rng)
+    x = np.ascontiguousarray(x[:1, :, :5, :5])  # smaller: the reference forward is slow
+    y = ref.conv2d_forward(x, wt, b, s2, pads, d2, groups)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = ref.conv2d_backward(dy, x, wt, s2, pads, d2, groups)
+    check_grads(lambda x_, w_, b_: ref.conv2d_forward(x_, w_, b_, s2, pads, d2, groups), [x, wt, b],
+                [dx, dw, db], dy, names=["x", "weight", "bias"])
+
+
+def test_im2col_col2im_are_adjoint(rng):
+    """<im2col(x), c> == <x, col2im(c)>: col2im sums overlaps exactly (strided, dilated, overlapping)."""
+    x = rng.standard_normal((2, 3, 8, 7))
+    col = F.im2col(x, 3, 2, (2, 1), (2, 3), 2, 4)
+    c = rng.standard_normal(col.shape)
+    lhs = float(np.sum(col * c))
+    rhs = float(np.sum(x * F.col2im(c, x.shape, (2, 1), (2, 3))))
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs) + 1e-12
+
+
+# -- the layer ------------------------------------------------------------------------------------------
+LAYER_CASES = [
+    dict(in_channels=3, out_channels=4, kernel_size=3, padding="same"),
+    dict(in_channels=4, out_channels=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+         groups=4),
+    dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=3, padding=2, groups=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("kw", LAYER_CASES, ids=["same", "depthwise-rect", "grouped-nobias"])
+def test_conv2d_layer_forward_backward(kw, env, rng):
+    model = env.model(xpcnn.Conv2d(**kw), seed=3)
+    layer = model[0]
+    x = env.ref_input(rng.standard_normal((2, kw["in_channels"], 7, 6)))
+    w = env.get(layer.weight.data)
+    b = env.get(layer.bias.data) if kw.get("bias", True) else None
+    groups = kw.get("groups", 1)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    k2, s2, d2 = pair(kw["kernel_size"]), pair(kw.get("stride", 1)), pair(kw.get("dilation", 1))
+    pad = kw.get("padding", 0)
+    pads = ref.pads_of(pad if isinstance(pad, str) else pair(pad), k2, d2, s2)
+
+    y = model.forward(x)  # NumPy input is moved by the model
+    y_ref = ref.conv2d_forward(x, w, b, s2, pads, d2, groups)
+    assert_close(env.get(y), y_ref, env.tol, "Conv2d forward")
+    if pad == "same":
+        assert tuple(y.shape) == (2, kw["out_channels"], 7, 6)
+    dy = env.ref_input(rng.standard_normal(y_ref.shape))
+    dx = model.backward(env.put(dy))
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy, x, w, s2, pads, d2, groups)
+    assert_close(env.get(dx), dx_ref, env.tol, "Conv2d dx")
+    assert_close(env.get(layer.weight.grad), dw_ref, env.tol, "Conv2d weight.grad")
+    if b is not None:
+        assert_close(env.get(layer.bias.grad), db_ref, env.tol, "Conv2d bias.grad")
+    # a second backward accumulates into .grad; zero_grad clears it
+    model.forward(x)
+    model.backward(env.put(dy))
+    assert_close(env.get(layer.weight.grad), 2 * dw_ref, env.tol, "accumulated weight.grad")
+    model.zero_grad()
+    assert np.all(env.get(layer.weight.grad) == 0)
+
+
+def test_conv2d_layer_parameters_and_init():
+    """PyTorch shapes; Kaiming-uniform (a=sqrt(5)) bounds 1/sqrt(fan_in) for weight and bias."""
+    model = xpcnn.Sequential(xpcnn.Conv2d(6, 8, (3, 5), groups=2), backend="numpy", dtype="float64", seed=0)
+    sd = model.state_dict()
+    assert list(sd) == ["0.weight", "0.bias"]
+    assert sd["0.weight"].shape == (8, 3, 3, 5) and sd["0.bias"].shape == (8,)
+    bound = 1 / math.sqrt(3 * 3 * 5)
+    for k in sd:
+        a = xpcnn.to_numpy(sd[k])
+        assert np.all(np.abs(a) <= bound)
+        assert np.abs(a).max() > 0.8 * bound  # actually uses the range (not a too-small bound)
+    big = xpcnn.Sequential(xpcnn.Conv2d(4, 64, 3), backend="numpy", dtype="float64", seed=1)
+    w = xpcnn.to_numpy(big[0].weight.data)
+    assert abs(w.std() - (1 / math.sqrt(36)) / math.sqrt(3)) < 0.01  # U(-b, b) has std b/sqrt(3)
+
+
+def test_conv2d_layer_gradients_through_model_numerical(rng):
+    model = xpcnn.Sequential(xpcnn.Conv2d(2, 3, (2, 3), stride=(1, 2), padding=1, dilation=(2, 1)),
+                             backend="numpy", dtype="float64", seed=5)
+    layer = model[0]
+    x = rng.standard_normal((1, 2, 5, 6))
+    y = model.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    check_grads(lambda x_, w_, b_: model.forward(x_), [x, layer.weight.data, layer.bias.data],
+                [dx, layer.weight.grad.copy(), layer.bias.grad.copy()], dy, names=["x", "weight", "bias"])
