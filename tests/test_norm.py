@@ -1,0 +1,112 @@
+"""Batch normalisation: PyTorch's training/eval semantics and running statistics, forward and backward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+import xpcnn
+import xpcnn.functional as F
+from gradcheck import assert_close, check_grads, numerical_grad
+
+SHAPES = {"2d": (5, 3), "4d": (2, 3, 4, 3)}
+
+
+def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):
+    """Numerical gradients of the reference forward (independent of the library's backward)."""
+    if training:
+        fwd = lambda x_, g_, b_: ref.batch_norm_train(x_, g_, b_, rm, rv, eps=eps)[0]  # noqa: E731
+    else:
+        fwd = lambda x_, g_, b_: ref.batch_norm_eval(x_, g_, b_, rm, rv, eps)  # noqa: E731
+    x, gamma, beta = x.copy(), gamma.copy(), beta.copy()
+    out = []
+    for k, a in enumerate((x, gamma, beta)):
+        args = [x, gamma, beta]
+        out.append(numerical_grad(lambda: float(np.sum(fwd(*args) * dy)), a))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["2d", "4d"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_functional_numpy(kind, training, rng):
+    shape = SHAPES[kind]
+    x = rng.standard_normal(shape) * 3 + 1
+    g, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    y, nrm, nrv, ctx = F.batch_norm_forward(x, g, b, rm, rv, training, 0.1, 1e-5)
+    if training:
+        y_ref, rm_ref, rv_ref = ref.batch_norm_train(x, g, b, rm, rv)
+        assert_close(nrm, rm_ref, 1e-7, "running_mean")
+        assert_close(nrv, rv_ref, 1e-7, "running_var (unbiased)")
+    else:
+        y_ref = ref.batch_norm_eval(x, g, b, rm, rv)
+        assert nrm is rm and nrv is rv
+    assert_close(y, y_ref, 1e-7, "batch_norm forward")
+    dy = rng.standard_normal(shape)
+    dx, dg, db = F.batch_norm_backward(dy, ctx)
+    check_grads(lambda x_, g_, b_: F.batch_norm(x_, g_, b_, rm.copy(), rv.copy(), training), [x, g, b],
+                [dx, dg, db], dy, names=["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "2d")])
+def test_batch_norm_layer_train_eval_running_stats(cls, kind, env, rng):
+    """Two training steps (running stats as PyTorch: momentum 0.1, eps 1e-5, unbiased running var),
+    then eval uses them; gradients against numerical gradients of the reference."""
+    shape = SHAPES[kind]
+    model = env.model(cls(3))
+    bn = model[0]
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    model.load_state_dict({"0.weight": gamma, "0.bias": beta, "0.running_mean": np.zeros(3),
+                           "0.running_var": np.ones(3), "0.num_batches_tracked": np.zeros((), np.int64)})
+    gamma, beta = env.ref_input(gamma), env.ref_input(beta)
+    rm, rv = np.zeros(3), np.ones(3)
+    for step in range(2):
+        x = env.ref_input(rng.standard_normal(shape) * 2 + step)
+        y = model.forward(env.put(x))
+        y_ref, rm, rv = ref.batch_norm_train(x, gamma, beta, rm, rv)
+        assert_close(env.get(y), y_ref, env.tol, f"train forward step {step}")
+    assert_close(env.get(bn.running_mean), rm, env.tol, "running_mean")
+    assert_close(env.get(bn.running_var), rv, env.tol, "running_var")
+    assert int(xpcnn.to_numpy(bn.num_batches_tracked)) == 2
+    dy = env.ref_input(rng.standard_normal(shape))
+    model.zero_grad()
+    dx = model.backward(env.put(dy))
+    dx_ref, dg_ref, db_ref = _ref_grads(x, gamma, beta, dy, True, rm, rv)
+    assert_close(env.get(dx), dx_ref, env.tol, "train dx")
+    assert_close(env.get(bn.weight.grad), dg_ref, env.tol, "weight.grad")
+    assert_close(env.get(bn.bias.grad), db_ref, env.tol, "bias.grad")
+
+    model.eval()
+    x = env.ref_input(rng.standard_normal(shape))
+    y = model.forward(env.put(x))
+    assert_close(env.get(y), ref.batch_norm_eval(x, gamma, beta, rm, rv), env.tol, "eval forward")
+    assert_close(env.get(bn.running_mean), rm, env.tol, "eval leaves running_mean")
+    assert int(xpcnn.to_numpy(bn.num_batches_tracked)) == 2
+    model.zero_grad()
+    dx = model.backward(env.put(dy))
+    dx_ref, dg_ref, db_ref = _ref_grads(x, gamma, beta, dy, False, rm, rv)
+    assert_close(env.get(dx), dx_ref, env.tol, "eval dx")
+    assert_close(env.get(bn.weight.grad), dg_ref, env.tol, "eval weight.grad")
+
+
+def test_batch_norm_no_affine_no_running_stats(rng):
+    model = xpcnn.Sequential(xpcnn.BatchNorm2d(3, affine=False, track_running_stats=False, eps=1e-3),
+                             backend="numpy", dtype="float64")
+    assert model.state_dict() == {} and model.parameters() == []
+    x = rng.standard_normal((2, 3, 3, 4))
+    ones, zeros = np.ones(3), np.zeros(3)
+    y_ref = ref.batch_norm_train(x, ones, zeros, zeros, ones, eps=1e-3)[0]
+    model.eval()  # without running stats, eval also normalises with the batch statistics (as PyTorch)
+    assert_close(model.forward(x), y_ref, 1e-7, "forward")
+    dy = rng.standard_normal(x.shape)
+    dx = model.backward(dy)
+    check_grads(lambda x_: model.forward(x_), [x], [dx], dy)
+
+
+def test_batch_norm_custom_momentum(rng):
+    model = xpcnn.Sequential(xpcnn.BatchNorm1d(4, momentum=0.3), backend="numpy", dtype="float64")
+    x = rng.standard_normal((6, 4))
+    model.forward(x)
+    _, rm, rv = ref.batch_norm_train(x, np.ones(4), np.zeros(4), np.zeros(4), np.ones(4), momentum=0.3)
+    assert_close(model[0].running_mean, rm, 1e-7, "running_mean")
+    assert_close(model[0].running_var, rv, 1e-7, "running_var")
