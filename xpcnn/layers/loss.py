@@ -11,15 +11,20 @@ from ..backend import device_context
 
 
 def _to_device_of(a: Any, ref):
-    """Host data (NumPy, lists) -> an array on ``ref``'s namespace and device."""
+    """Host data (NumPy, lists) -> an array on ``ref``'s namespace and device.
+
+    Floating host data takes ``ref``'s dtype: a float64 NumPy target must not leak float64 onto the
+    device (a float32-only device cannot even hold it). Integer data (labels) keeps its dtype.
+    """
     if isinstance(a, (np.ndarray, list, tuple)) and not is_numpy_array(ref):
         xp = array_namespace(ref)
         host = np.asarray(a)
+        dtype = ref.dtype if host.dtype.kind == "f" else None
         if "cupy" in xp.__name__:
             import cupy as cp
             with device(ref):
-                return cp.asarray(host)
-        return xp.asarray(host, device=device(ref))
+                return cp.asarray(host, dtype=dtype)
+        return xp.asarray(host, dtype=dtype, device=device(ref))
     return a
 
 
