@@ -19,7 +19,8 @@ def cross_entropy_forward(logits, labels):
     logp = log_softmax(logits, axis=1)
     target = one_hot(labels, logits.shape[1], logits.dtype)
     n = logits.shape[0]
-    loss = -xp.sum(logp * target) / n
+    # pick log p[label] with where, not logp * target: -inf * 0 would be NaN for huge logit gaps
+    loss = -xp.sum(xp.where(target > 0, logp, xp.zeros((), dtype=logp.dtype, device=device(logp)))) / n
     return loss, (logp, target)
 
 
