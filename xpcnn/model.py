@@ -54,6 +54,10 @@ class Sequential(Module):
             if host.dtype.kind not in "fiub":
                 raise TypeError(f"model {what} must be numeric, got dtype {host.dtype}")
             return self.backend.asarray(host, dtype=self.backend.dtype)
+        if self.backend is not None and _is_array(a) and not self.backend.owns(a):
+            raise ValueError(f"model {what} is a {self.backend.describe(a)}, but the model is on "
+                             f"{self.backend.spec}: pass a NumPy array (moved to the model's device "
+                             f"automatically) or model.backend.asarray(x), or move the model with model.to(...)")
         return a
 
     def forward(self, x):
@@ -83,3 +87,13 @@ class Sequential(Module):
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+
+def _is_array(a) -> bool:
+    from array_api_compat import array_namespace
+
+    try:
+        array_namespace(a)
+    except TypeError:
+        return False
+    return True
