@@ -40,8 +40,8 @@ class Env:
         return f"Env({self.key})"
 
     def put(self, a, dtype=None):
-        """NumPy -> backend array (floating data cast to the backend dtype)."""
-        return self.backend.asarray(np.asarray(a), dtype=dtype)
+        """NumPy -> backend array (floating data cast to the backend dtype); always a copy (on NumPy too)."""
+        return self.backend.asarray(np.asarray(a), dtype=dtype, copy=True)
 
     def get(self, a, floating: bool = True) -> np.ndarray:
         """Backend array -> NumPy float64, asserting it stayed on this backend, device and dtype."""
