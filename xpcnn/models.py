@@ -59,4 +59,6 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
     """``build_model("lenet", 1, 10, 28, backend="numpy", dtype="float32", seed=0)``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
-    return Sequential(*MODELS[name](in_channels, num_classes, image_size), **kwargs)
+    model = Sequential(*MODELS[name](in_channels, num_classes, image_size), **kwargs)
+    model.architecture = name  # checkpoints record it, and refuse to load into another architecture
+    return model
