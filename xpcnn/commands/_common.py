@@ -1,0 +1,83 @@
+"""Helpers shared by ``xpcnn train``, ``evaluate`` and ``predict``: data, models, threads, checkpoints."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+from ..checkpoint import Checkpoint
+from ..data import Dataset, Normalizer
+from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
+from ..models import MODELS, build_model
+
+
+def add_backend_arguments(parser) -> None:
+    parser.add_argument("--backend", default=None, help="numpy (default), cupy, cupy:1, array_api_strict, torch")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="BLAS threads on the CPU (default 1: fastest for these small matrices on a busy "
+                             "machine; 0 keeps the library default); needs threadpoolctl")
+
+
+def add_data_arguments(parser) -> None:
+    parser.add_argument("--dataset", default=None, choices=DATASETS, metavar="NAME",
+                        help=f"one of {', '.join(DATASETS)} (default: digits, bundled)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="directory with the data set's files (FILE.h5 for h5); nothing is downloaded")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="use only the first N training and N test examples (quick runs)")
+
+
+def load_data(name: str, data_dir: str | None, limit: int | None) -> tuple[Dataset, Dataset]:
+    train, test = load_dataset(name, data_dir)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        train, test = train.subset(limit), test.subset(limit)
+    return train, test
+
+
+def make_model(name: str | None, dataset: str, shape: tuple[int, int, int], num_classes: int, backend: str,
+               dtype: str, seed: int):
+    name = name or DEFAULT_MODELS[dataset]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"model {name!r} needs square images, the data set has {h}x{w}")
+    return build_model(name, c, num_classes, h, backend=backend, dtype=dtype, seed=seed), \
+        {"in_channels": c, "num_classes": num_classes, "image_size": h}
+
+
+def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
+    """Rebuild the saved architecture on ``backend`` and load the weights."""
+    arch, args = ckpt.meta.get("architecture"), ckpt.meta.get("model_args")
+    if not arch or not args:
+        raise ValueError(f"{ckpt.path}: the checkpoint does not name its architecture (saved from Python?); "
+                         "load it with xpcnn.load_checkpoint(path, model)")
+    if arch not in MODELS:
+        raise ValueError(f"{ckpt.path}: unknown architecture {arch!r}; valid models are {', '.join(MODELS)}")
+    model = build_model(arch, args["in_channels"], args["num_classes"], args["image_size"],
+                        backend=backend or "numpy", dtype=ckpt.meta.get("dtype", "float32"))
+    ckpt.load_into(model)
+    model.eval()
+    return model, Normalizer.from_dict(ckpt.meta["normalizer"])
+
+
+@contextmanager
+def blas_threads(n: int | None):
+    """Limit BLAS threads (threadpoolctl, optional) for the duration of a command."""
+    if n == 0:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if n is not None:
+            raise ImportError("--threads needs threadpoolctl: pip install threadpoolctl") from None
+        yield
+        return
+    with threadpool_limits(limits=1 if n is None else n, user_api="blas"):
+        yield
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
