@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .. import optim
 from ..checkpoint import Checkpoint, save_checkpoint
 from ..cli import CLIError
@@ -160,9 +162,10 @@ def _train(args) -> int:
         save(record["epoch"])
 
     try:
-        fit(model, opt, loss_fn, train_loader, epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch],
-            initial_epoch=start, progress=False if args.quiet else None,
-            lr_schedule=cosine_schedule(o["lr"], o["epochs"]))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported once, below
+            fit(model, opt, loss_fn, train_loader, epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch],
+                initial_epoch=start, progress=False if args.quiet else None,
+                lr_schedule=cosine_schedule(o["lr"], o["epochs"]))
     except NonFiniteLossError as e:
         kept = f"; {args.checkpoint} still holds epoch {history[-1]['epoch']}" if args.checkpoint and history else ""
         raise CLIError(f"{e}{kept}") from None
