@@ -5,10 +5,17 @@ from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Con
                      Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
                      Sigmoid, Tanh)
 from .model import Sequential
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataLoader, Dataset, Normalizer
+from .datasets import load_cifar10, load_dataset, load_digits, load_h5, load_idx_dataset
+from .models import build_model
+from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
            "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",
            "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
-           "optim", "to_numpy", "__version__"]
+           "optim", "to_numpy", "__version__",
+           "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
+           "load_dataset", "load_digits", "load_h5", "load_idx_dataset", "save_checkpoint"]
