@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py, tests/gradc
 import xpcnn  # noqa: E402
 
 F64_TOL = 1e-7  # float64 against the loop references and numerical gradients
-F32_TOL = 1e-4  # float32 (the no_float64 device) against float64 references: ~100 float32 ulps of the max
+F32_TOL = 3e-5  # float32 (the no_float64 device) against float64 references: ~250 float32 ulps of the max (seen: <= 5e-6)
 
 
 class Env:

@@ -68,3 +68,9 @@ def test_mse(env, rng):
         assert_close(d, 2 * (pred - target) / 12, env.tol, "mse gradient")
     if env.dtype_name == "float64":
         check_grads(lambda p: np.mean((p - target) ** 2), [pred.copy()], [d], np.array(1.0))
+    # plain lists are host data like NumPy arrays, on every backend
+    loss = fn(env.put(pred), target.tolist())
+    assert_close(env.get(loss), np.mean((pred - target) ** 2), env.tol, "mse with a list target")
+    ce = xpcnn.CrossEntropyLoss()
+    assert_close(env.get(ce(env.put(pred), [0, 3, 1])), -np.mean(np.log(np.exp(pred) / np.exp(pred).sum(1,
+                 keepdims=True))[np.arange(3), [0, 3, 1]]), env.tol, "cross-entropy with list labels")
