@@ -25,6 +25,8 @@ def _to_device_of(a: Any, ref):
             with device(ref):
                 return cp.asarray(host, dtype=dtype)
         return xp.asarray(host, dtype=dtype, device=device(ref))
+    if isinstance(a, (list, tuple)):  # NumPy predictions: lists as arrays too, as on every other backend
+        return np.asarray(a)
     return a
 
 
