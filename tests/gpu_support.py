@@ -37,3 +37,10 @@ def gpu_count() -> int:
         return 0
     import cupy
     return cupy.cuda.runtime.getDeviceCount()
+
+
+def needs_cupy(fn):
+    """Decorator: the ``gpu`` marker and the skip-with-reason of :data:`requires_cupy`."""
+    for mark in requires_cupy:
+        fn = mark(fn)
+    return fn
