@@ -109,6 +109,16 @@ def test_max_pool_padding_never_wins(env):
     assert dx.sum() == np.prod(y.shape)  # every gradient lands inside the input
 
 
+def test_max_pool_propagates_nan(env):
+    """A NaN in a window must show in the output (as PyTorch), not be hidden by a larger value."""
+    x = np.array([[1.0, np.nan, 0.0, 0.0], [3.0, 4.0, 0.0, 5.0]])[None, None]
+    y, ctx = F.max_pool2d_forward(env.put(x), 2)
+    y = env.get(y)
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 5.0
+    dx = env.get(F.max_pool2d_backward(env.put(np.array([[[[2.0, 3.0]]]])), ctx))
+    np.testing.assert_array_equal(dx[0, 0], [[0, 2, 0, 0], [0, 0, 0, 3]])  # the NaN took the gradient
+
+
 # -- adaptive -------------------------------------------------------------------------------------------
 ADAPTIVE = [((7, 6), (1, 1)), ((7, 6), (2, 3)), ((5, 7), (4, 4)), ((5, 6), (7, 8)), ((6, 6), (3, 3))]
 
