@@ -45,7 +45,8 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
                 y = xp.asarray(s, copy=True)
                 idx = xp.zeros(y.shape, dtype=idx_dtype, device=device(x))
             else:
-                better = s > y  # strict: ties keep the first maximum
+                # strict: ties keep the first maximum; NaN wins and propagates (as in PyTorch), never hidden
+                better = (s > y) | xp.isnan(s)
                 y = xp.where(better, s, y)
                 idx = xp.where(better, xp.asarray(i * kernel[1] + j, dtype=idx_dtype, device=device(x)), idx)
     return y, (idx, x.shape, xpad.shape, kernel, stride, pads)
