@@ -51,7 +51,11 @@ class Progress:
     def update(self, done: int, images: int, loss: float | None) -> None:
         if not self.enabled:
             return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        now = time.perf_counter()
+        if done < self.total and now - getattr(self, "_last", 0.0) < 0.1:  # at most ~10 redraws a second
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
         width = 24
         filled = int(width * done / max(self.total, 1))
         loss_txt = f" loss {loss:.4f}" if loss is not None else ""
