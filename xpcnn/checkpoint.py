@@ -92,6 +92,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise FileNotFoundError(f"cannot save checkpoint: directory {str(directory)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -111,6 +112,16 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's permissions, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 # -- training state --------------------------------------------------------
