@@ -1,9 +1,10 @@
 """xpcnn: a readable CNN written once against the Python Array API (NumPy on the CPU, CuPy on the GPU)."""
-from . import functional, optim
+from . import config, functional, optim
 from .backend import Backend, available_backends, get_backend, to_numpy
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout,
                      Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
                      Sigmoid, Tanh)
+from .config import set_workspace_limit
 from .model import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, Dataset, Normalizer
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
            "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",
            "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
-           "optim", "to_numpy", "__version__",
+           "optim", "set_workspace_limit", "to_numpy", "__version__",
            "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
            "load_dataset", "load_digits", "load_h5", "load_idx_dataset", "save_checkpoint"]

@@ -1,0 +1,198 @@
+"""Training-step time and peak memory: xpcnn (NumPy backend) vs PyTorch (CPU), same model, same weights.
+
+    python benchmarks/bench_cpu.py                       # lenet + vgg-small, 1 and 2 threads, batch 128
+    python benchmarks/bench_cpu.py --models lenet --threads 1 --reps 30 --no-memory
+
+Timing: for each (model, threads) the xpcnn step and the PyTorch step alternate
+(x, t, x, t, ...) so that a slow phase of a noisy machine hits both alike; we
+report medians and the median of the per-pair ratios.  A step is forward, loss,
+backward and an SGD(momentum=0.9) update, batch 128, float32.
+
+Memory: each (framework, model) runs in a fresh subprocess with 1 thread and
+glibc told to mmap every block of 64 KiB or more (MALLOC_MMAP_THRESHOLD_=65536),
+so that a freed buffer leaves the resident set at once.  After two warm-up
+steps on a first copy of the model (loading libraries, thread pools), the kernel's
+peak-RSS counter (VmHWM) is reset through /proc/self/clear_refs; a fresh model
+(same weights; nothing saved from a previous step) runs three steps; "peak" = VmHWM - VmRSS at the reset: the extra resident memory a
+training step needs on top of the model, its gradients and optimizer state and
+the data.  Same method for both frameworks (Linux only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SHAPES = {"lenet": (1, 28), "vgg-small": (3, 32)}
+
+
+def make_xpcnn(name: str, batch: int, seed: int = 0):
+    import xpcnn
+    from xpcnn.models import build_model
+    c, s = SHAPES[name]
+    model = build_model(name, c, 10, s, backend="numpy", dtype="float32", seed=seed)
+    model.train()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c, s, s)).astype(np.float32)
+    labels = rng.integers(0, 10, batch)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = xpcnn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model.forward(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+    return model, step, (x, labels)
+
+
+def make_torch(model, data):
+    import torch
+    from xpcnn.torch_compat import to_torch
+    net = to_torch(model)
+    net.train()
+    x, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(net(x), labels)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def time_interleaved(fns: dict, reps: int, warmup: int = 3) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def bench_time(models, threads_list, batch, reps):
+    from threadpoolctl import threadpool_limits
+    torch_ok = have_torch()
+    if not torch_ok:
+        print("PyTorch not installed: timing xpcnn only")
+    rows = []
+    for name in models:
+        model, xstep, data = make_xpcnn(name, batch)
+        fns = {"xpcnn": xstep}
+        if torch_ok:
+            fns["torch"] = make_torch(model, data)
+        for th in threads_list:
+            if torch_ok:
+                import torch
+                torch.set_num_threads(th)
+            with threadpool_limits(limits=th):
+                t = time_interleaved(fns, reps)
+            row = {"model": name, "threads": th, "xpcnn_ms": 1e3 * statistics.median(t["xpcnn"])}
+            if torch_ok:
+                row["torch_ms"] = 1e3 * statistics.median(t["torch"])
+                row["ratio"] = statistics.median(a / b for a, b in zip(t["xpcnn"], t["torch"]))
+            rows.append(row)
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return rows
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory_child(framework: str, name: str, batch: int) -> None:
+    """Run in a fresh process: print the extra peak RSS (MiB) of a training step."""
+    from threadpoolctl import threadpool_limits
+    import gc
+
+    def build():
+        model, step, data = make_xpcnn(name, batch)
+        if framework == "torch":
+            import torch
+            torch.set_num_threads(1)
+            step = make_torch(model, data)
+        return step
+    with threadpool_limits(limits=1):
+        step = build()
+        step(); step()  # warm-up (libraries, thread pools), then a fresh model without saved state
+        del step
+        gc.collect()
+        step = build()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _status_kb("VmRSS")
+        for _ in range(3):
+            step()
+        peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+
+
+def bench_memory(models, batch):
+    rows = []
+    frameworks = ["xpcnn"] + (["torch"] if have_torch() else [])
+    for name in models:
+        row = {"model": name}
+        for fw in frameworks:
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+            r = subprocess.run([sys.executable, __file__, "--memory-child", fw, name, "--batch", str(batch)],
+                               capture_output=True, text=True, check=True, env=env)
+            row[f"{fw}_peak_mib"] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mib"]
+        if "torch_peak_mib" in row:
+            row["ratio"] = row["xpcnn_peak_mib"] / max(row["torch_peak_mib"], 1e-9)
+        rows.append(row)
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.memory_child:
+        return memory_child(a.memory_child[0], a.memory_child[1], a.batch)
+    import xpcnn
+    vers = f"numpy {np.__version__}, xpcnn {xpcnn.__version__}"
+    if have_torch():
+        import torch
+        vers += f", torch {torch.__version__}"
+    print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}")
+    if not a.no_time:
+        bench_time(a.models, a.threads, a.batch, a.reps)
+    if not a.no_memory:
+        bench_memory(a.models, a.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Fast paths against the portable reference: NumPy kernels, batch chunking, column caching (float64, tight).
+
+The portable path (``xpcnn.config.set_fast_paths(False)``, and every non-NumPy backend such as
+array_api_strict in the other test files) is the reference; each fast path must match it to ~1e-12.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from xpcnn import config
+from xpcnn.functional import conv2d_backward, conv2d_forward
+
+CASES = [  # x shape, w shape, stride, padding, dilation, groups
+    ((3, 4, 9, 8), (6, 4, 3, 3), 1, 1, 1, 1),
+    ((2, 4, 7, 6), (4, 1, 3, 2), (2, 1), (1, 2), (1, 2), 4),
+    ((2, 4, 7, 6), (6, 2, 2, 3), 3, 2, 1, 2),
+    ((5, 3, 8, 8), (4, 3, 5, 5), 2, 3, 1, 1),
+    ((2, 3, 10, 9), (5, 3, 3, 3), 2, (0, 2), (2, 1), 1),
+    ((3, 32, 6, 6), (20, 32, 3, 3), 1, 1, 1, 1),      # channels-last backward (C >= 16)
+    ((2, 64, 7, 7), (6, 32, 3, 2), 2, 1, (1, 2), 2),  # channels-last backward, grouped
+]
+
+
+@pytest.fixture
+def settings():
+    yield
+    config.set_fast_paths(True)
+    config.set_workspace_limit(None)
+    config.set_cache_columns(False)
+
+
+def _run(case, seed):
+    xs, ws, s, p, d, g = case
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y, ctx = conv2d_forward(x, w, b, s, p, d, g)
+    dy = rng.standard_normal(y.shape)
+    return (y,) + tuple(conv2d_backward(dy, ctx))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_conv_fast_paths_match_portable(case, settings):
+    config.set_fast_paths(False)
+    config.set_workspace_limit(None)
+    ref = _run(case, 7)
+    for fast, limit, cache in itertools.product([False, True], [1, 10 ** 9], [False, True]):
+        config.set_fast_paths(fast)
+        config.set_workspace_limit(limit)  # 1 byte: one sample per chunk
+        config.set_cache_columns(cache)
+        got = _run(case, 7)
+        for a, r in zip(got, ref):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"fast={fast} limit={limit} cache={cache}")
+
+
+def test_workspace_limit_bounds_the_column_buffer(settings):
+    """Batch 1024 of 3x224x224 through a first conv: the column buffer stays under the limit (chunked)."""
+    from xpcnn.functional import conv as C
+    n, c, hw = 1024, 3, 224
+    nb = C._batch_chunk(n, hw * hw * 3 * 3 * c, 4)
+    assert nb * hw * hw * 27 * 4 <= config.get_workspace_limit() and nb >= 1
+    config.set_workspace_limit(2 ** 18)  # a sample's columns are 32*32*27*8 = 216 KiB: one per chunk
+    x = np.ones((4, 3, 32, 32))
+    y, ctx = conv2d_forward(x, np.ones((2, 3, 3, 3)), None, 1, 1)
+    assert ctx[10] == 1
+    np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
+
+
+def test_workspace_limit_validation():
+    with pytest.raises(ValueError):
+        config.set_workspace_limit(0)

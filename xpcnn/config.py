@@ -1,0 +1,52 @@
+"""Library-wide settings: the im2col workspace limit and column caching.
+
+``set_workspace_limit(bytes)`` bounds the column (im2col) buffer of one
+convolution call: when ``N*oh*ow*C*kh*kw`` values would exceed it, the batch is
+processed in chunks that fit, so a large batch of large images never
+materialises one huge column matrix.  ``set_cache_columns(True)`` keeps the
+column matrix of the forward pass for the backward pass (when it fits in one
+chunk) instead of recomputing it: faster backward, much more memory.
+"""
+from __future__ import annotations
+
+DEFAULT_WORKSPACE_LIMIT = 64 * 2 ** 20  # bytes
+
+_workspace_limit = DEFAULT_WORKSPACE_LIMIT
+_cache_columns = False
+
+
+def set_workspace_limit(nbytes: int | None) -> None:
+    """Largest im2col buffer in bytes (``None`` restores the 64 MiB default). At least one sample per chunk."""
+    global _workspace_limit
+    if nbytes is None:
+        nbytes = DEFAULT_WORKSPACE_LIMIT
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"workspace limit must be a positive int (bytes), got {nbytes!r}")
+    _workspace_limit = nbytes
+
+
+def get_workspace_limit() -> int:
+    return _workspace_limit
+
+
+def set_cache_columns(flag: bool) -> None:
+    """Keep the forward column matrix for backward (time) instead of recomputing it (memory)."""
+    global _cache_columns
+    _cache_columns = bool(flag)
+
+
+def get_cache_columns() -> bool:
+    return _cache_columns
+
+
+_fast_paths = True
+
+
+def set_fast_paths(flag: bool) -> None:
+    """Use registered backend-specific kernels (``xpcnn.kernels``) where available; False = portable code only."""
+    global _fast_paths
+    _fast_paths = bool(flag)
+
+
+def get_fast_paths() -> bool:
+    return _fast_paths
