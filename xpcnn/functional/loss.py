@@ -1,6 +1,8 @@
 """Losses with mean reduction: cross-entropy from logits with integer labels, and MSE."""
 from __future__ import annotations
 
+import math
+
 from array_api_compat import array_namespace, device
 
 from .activation import log_softmax
@@ -35,9 +37,9 @@ def mse_forward(pred, target):
     """Mean squared error over all elements. Returns ``(loss, ctx)``."""
     xp = array_namespace(pred)
     diff = pred - target
-    return xp.sum(diff * diff) / diff.size, diff
+    return xp.sum(diff * diff) / math.prod(diff.shape), diff
 
 
 def mse_backward(ctx, dloss=1.0):
     diff = ctx
-    return diff * (2.0 * dloss / diff.size)
+    return diff * (2.0 * dloss / math.prod(diff.shape))

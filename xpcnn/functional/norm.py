@@ -5,6 +5,8 @@ variance with the unbiased one; evaluation uses the running statistics.
 """
 from __future__ import annotations
 
+import math
+
 from array_api_compat import array_namespace
 
 
@@ -21,7 +23,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays."""
     xp = array_namespace(x)
     axes, shape = _axes(x)
-    count = x.size // x.shape[1]
+    count = math.prod(x.shape) // x.shape[1]
     if training:
         if count < 2:
             raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
@@ -45,7 +47,7 @@ def batch_norm_backward(dy, ctx):
     xhat, inv_std, weight, training = ctx
     xp = array_namespace(dy)
     axes, shape = _axes(dy)
-    count = dy.size // dy.shape[1]
+    count = math.prod(dy.shape) // dy.shape[1]
     dbias = xp.sum(dy, axis=axes)
     dweight = xp.sum(dy * xhat, axis=axes)
     scale = inv_std if weight is None else weight * inv_std
