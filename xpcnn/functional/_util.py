@@ -45,14 +45,33 @@ def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int 
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def empty_nchw(xp, shape, dtype, device, fill: float | None = None):
+    """A new ``(N, C, H, W)`` array in channels-last memory: an ``(N, H, W, C)`` buffer seen through
+    ``permute_dims`` (a view on NumPy, CuPy, torch and array_api_strict; slice assignment writes through).
+
+    Every 4-D array the ops allocate uses this layout, the one conv outputs have, so element-wise ops of
+    forward and backward never mix memory layouts (mixed layouts make NumPy's ufuncs several times slower).
+    ``fill`` None leaves it uninitialised, else every value is ``fill``.
+    """
+    n, c, h, w = shape
+    if fill is None:
+        buf = xp.empty((n, h, w, c), dtype=dtype, device=device)
+    elif fill == 0:
+        buf = xp.zeros((n, h, w, c), dtype=dtype, device=device)
+    else:
+        buf = xp.full((n, h, w, c), fill, dtype=dtype, device=device)
+    return xp.permute_dims(buf, (0, 3, 1, 2))
+
+
 def pad2d(x, pads: tuple[int, int, int, int], value: float = 0.0):
-    """Pad the last two axes of an NCHW array with a constant (the standard has no ``pad``)."""
+    """Pad the last two axes of an NCHW array with a constant (the standard has no ``pad``); the result is
+    channels-last in memory (:func:`empty_nchw`)."""
     top, bottom, left, right = pads
     if not (top or bottom or left or right):
         return x
     xp = array_namespace(x)
     n, c, h, w = x.shape
-    out = xp.full((n, c, h + top + bottom, w + left + right), value, dtype=x.dtype, device=device(x))
+    out = empty_nchw(xp, (n, c, h + top + bottom, w + left + right), x.dtype, device(x), value)
     out[:, :, top:top + h, left:left + w] = x
     return out
 

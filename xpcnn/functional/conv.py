@@ -12,7 +12,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels
-from ._util import conv_padding, out_size, pad2d, pair, unpad2d, window
+from ._util import conv_padding, empty_nchw, out_size, pad2d, pair, unpad2d, window
 
 
 def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -270,7 +270,11 @@ def conv2d_backward(dy, ctx):
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
-    return (xp.permute_dims(dx, (0, 3, 1, 2)) if clast else dx), dw, db
+    if clast:
+        return xp.permute_dims(dx, (0, 3, 1, 2)), dw, db
+    out = empty_nchw(xp, dx.shape, dx.dtype, dev)  # the library's one layout: channels-last memory
+    out[...] = dx
+    return out, dw, db
 
 
 def conv2d(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1):

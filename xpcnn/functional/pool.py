@@ -10,7 +10,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
-from ._util import out_size, pad2d, pair, unpad2d, window
+from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, window
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
@@ -42,8 +42,9 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
         for j in range(kernel[1]):
             s = window(xpad, i, j, stride, (1, 1), oh, ow)
             if y is None:
-                y = xp.asarray(s, copy=True)
-                idx = xp.zeros(y.shape, dtype=idx_dtype, device=device(x))
+                y = empty_nchw(xp, s.shape, x.dtype, device(x))
+                y[...] = s
+                idx = empty_nchw(xp, y.shape, idx_dtype, device(x), 0)
             else:
                 # strict: ties keep the first maximum; NaN wins and propagates (as in PyTorch), never hidden
                 better = (s > y) | xp.isnan(s)
@@ -57,7 +58,7 @@ def max_pool2d_backward(dy, ctx):
     idx, x_shape, padded_shape, kernel, stride, pads = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
-    dx = xp.zeros(padded_shape, dtype=dy.dtype, device=device(dy))
+    dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
     zero = xp.zeros((), dtype=dy.dtype, device=device(dy))
     for i in range(kernel[0]):
         for j in range(kernel[1]):
@@ -76,7 +77,11 @@ def avg_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             s = window(xpad, i, j, stride, (1, 1), oh, ow)
-            y = xp.asarray(s, copy=True) if y is None else y + s
+            if y is None:
+                y = empty_nchw(xp, s.shape, x.dtype, device(x))
+                y[...] = s
+            else:
+                y = y + s
     y = y / (kernel[0] * kernel[1])
     return y, (x.shape, xpad.shape, kernel, stride, pads)
 
@@ -87,7 +92,7 @@ def avg_pool2d_backward(dy, ctx):
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
     g = dy / (kernel[0] * kernel[1])
-    dx = xp.zeros(padded_shape, dtype=dy.dtype, device=device(dy))
+    dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             dx[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]] += g
@@ -111,7 +116,7 @@ def adaptive_avg_pool2d_forward(x, output_size: Any = 1):
     if (oh, ow) == (1, 1):
         y = xp.mean(x, axis=(2, 3), keepdims=True)
     else:
-        y = xp.empty((n, c, oh, ow), dtype=x.dtype, device=device(x))
+        y = empty_nchw(xp, (n, c, oh, ow), x.dtype, device(x))
         for a, (h0, h1) in enumerate(adaptive_bins(h, oh)):
             for b, (w0, w1) in enumerate(adaptive_bins(w, ow)):
                 y[:, :, a, b] = xp.mean(x[:, :, h0:h1, w0:w1], axis=(2, 3))
@@ -124,8 +129,10 @@ def adaptive_avg_pool2d_backward(dy, ctx):
     n, c, h, w = ctx
     oh, ow = dy.shape[2], dy.shape[3]
     if (oh, ow) == (1, 1):
-        return xp.broadcast_to(dy / (h * w), (n, c, h, w)) * 1
-    dx = xp.zeros((n, c, h, w), dtype=dy.dtype, device=device(dy))
+        dx = empty_nchw(xp, (n, c, h, w), dy.dtype, device(dy))
+        dx[...] = xp.broadcast_to(dy / (h * w), (n, c, h, w))
+        return dx
+    dx = empty_nchw(xp, (n, c, h, w), dy.dtype, device(dy), 0)
     for a, (h0, h1) in enumerate(adaptive_bins(h, oh)):
         for b, (w0, w1) in enumerate(adaptive_bins(w, ow)):
             area = (h1 - h0) * (w1 - w0)

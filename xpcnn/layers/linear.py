@@ -5,7 +5,10 @@ import math
 
 import numpy as np
 
+from array_api_compat import device
+
 from .. import functional as F
+from ..functional._util import empty_nchw
 from .module import Module, check_positive_int
 
 
@@ -59,4 +62,10 @@ class Flatten(Module):
         return F.flatten(x, self.start_dim)
 
     def backward(self, dy):
-        return self.backend.xp.reshape(dy, self._ctx)
+        xp = self.backend.xp
+        dx = xp.reshape(dy, self._ctx)
+        if len(self._ctx) != 4 or self.start_dim != 1:
+            return dx
+        out = empty_nchw(xp, self._ctx, dy.dtype, device(dy))  # channels-last memory, as the activations
+        out[...] = dx
+        return out
