@@ -162,3 +162,41 @@ def test_forward_accepts_lists_and_returns_backend_array():
     model = xpcnn.Sequential(xpcnn.Linear(2, 1), backend="array_api_strict", dtype="float64")
     y = model([[1.0, 2.0]])
     assert model.backend.owns(y)
+
+
+def _no_dropout_nets():
+    return {
+        "conv-first": lambda **kw: xpcnn.Sequential(
+            xpcnn.Conv2d(2, 4, 3, padding=1), xpcnn.BatchNorm2d(4), xpcnn.ReLU(), xpcnn.MaxPool2d(2),
+            xpcnn.Conv2d(4, 4, (2, 3), groups=2, bias=False), xpcnn.Tanh(), xpcnn.Flatten(),
+            xpcnn.Linear(4, 5), xpcnn.LeakyReLU(), xpcnn.Linear(5, 3), **kw),
+        "parameter-free-prefix": lambda **kw: xpcnn.Sequential(
+            xpcnn.ReLU(), xpcnn.MaxPool2d(2), xpcnn.Conv2d(2, 3, 2, bias=False), xpcnn.Flatten(),
+            xpcnn.Linear(6, 2), **kw),
+        "linear-first": lambda **kw: xpcnn.Sequential(
+            xpcnn.Flatten(), xpcnn.Linear(48, 5), xpcnn.ReLU(), xpcnn.Linear(5, 3), **kw),
+        "bn-first": lambda **kw: xpcnn.Sequential(
+            xpcnn.BatchNorm2d(2), xpcnn.Conv2d(2, 3, 3), xpcnn.Flatten(), xpcnn.Linear(3 * 2 * 4, 2), **kw),
+    }
+
+
+@pytest.mark.parametrize("key", ["numpy", "strict"])
+@pytest.mark.parametrize("net", list(_no_dropout_nets()))
+def test_backward_without_input_grad(net, key, rng):
+    """``backward(dy, input_grad=False)`` returns None and leaves every parameter gradient as the full pass does."""
+    env = make_env(key)
+    model = _no_dropout_nets()[net](dtype="float64", seed=2).to(env.spec)
+    x = rng.standard_normal((3, 2, 4, 6))
+    y = model.forward(x)
+    dy = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    assert dx is not None and tuple(dx.shape) == x.shape
+    full = [env.get(p.grad).copy() for p in model.parameters()]
+    model.forward(x)
+    model.zero_grad()
+    assert model.backward(dy, input_grad=False) is None
+    for (name, p), g in zip(model.named_parameters(), full):
+        np.testing.assert_array_equal(env.get(p.grad), g, err_msg=name)
+    model.forward(x)
+    assert model.backward(dy, input_grad=True) is not None  # the default path still works after a skip

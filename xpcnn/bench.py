@@ -187,7 +187,7 @@ class XpcnnRunner:
     def train_step(self):
         self.opt.zero_grad()
         loss = self.loss_fn(self.model(self.x), self.labels)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), input_grad=False)  # as torch: no input gradient
         self.opt.step()
         return loss
 

@@ -68,15 +68,32 @@ class Sequential(Module):
                 x = layer.forward(x)
         return x
 
-    def backward(self, dy):
-        """Back-propagate ``dy`` (gradient w.r.t. the output); returns the gradient w.r.t. the input."""
+    def backward(self, dy, input_grad: bool = True):
+        """Back-propagate ``dy`` (gradient w.r.t. the output); returns the gradient w.r.t. the input.
+
+        ``input_grad=False`` (a training step, where nothing uses it; PyTorch does not compute it either)
+        skips that gradient and returns None: parameter-free layers in front of the first layer with
+        parameters are not back-propagated at all, and that layer skips its input gradient where it can.
+        Parameter gradients are the same either way.
+        """
         dy = self._accept(dy, "gradient")
         if self.layers:
             self.layers[-1].check_input(dy)
+        stop = 0
+        if not input_grad:
+            stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
         with self.backend.activate():
-            for layer in reversed(self.layers):
-                dy = layer.backward(dy)
-        return dy
+            for i in range(len(self.layers) - 1, stop - 1, -1):
+                layer = self.layers[i]
+                if i == stop and not input_grad:
+                    if _skips_input_grad(layer):
+                        layer.backward(dy, need_dx=False)
+                    else:
+                        layer.backward(dy)
+                    dy = None
+                else:
+                    dy = layer.backward(dy)
+        return None if not input_grad else dy
 
     def extra_repr(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -87,6 +104,15 @@ class Sequential(Module):
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+
+def _skips_input_grad(layer) -> bool:
+    """Whether ``layer.backward`` takes ``need_dx`` (Conv2d, Linear)."""
+    import inspect
+    try:
+        return "need_dx" in inspect.signature(layer.backward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_array(a) -> bool:

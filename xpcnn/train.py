@@ -186,7 +186,7 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             optimizer.zero_grad()
             logits = model(x)
             loss = loss_fn(logits, y)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)  # no input gradient, as PyTorch
             optimizer.step()
             b = int(y.shape[0])
             pending.append((loss * b, _xp_sum_correct(logits, y), b))

@@ -227,6 +227,12 @@ def conv2d_backward(dy, ctx):
 
     Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, ``dcol = dY @ W.T``, col2im.
     """
+    return conv2d_backward_params(dy, ctx, need_dx=True)
+
+
+def conv2d_backward_params(dy, ctx, need_dx: bool = False):
+    """As :func:`conv2d_backward`; with ``need_dx=False`` dx is None and its GEMM and col2im are skipped
+    (the first layer of a training step: nothing consumes the input gradient)."""
     x, weight, wk, cached, pads, stride, dilation, groups, oh, ow, nb, has_bias = ctx
     xp = array_namespace(dy, weight)
     n, c, h, w = x.shape
@@ -237,7 +243,7 @@ def conv2d_backward(dy, ctx):
     db = xp.sum(dyh, axis=0) if has_bias else None
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = cg >= CHANNELS_LAST_MIN
-    dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev)
+    dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dx else None
     if cached is None:
         pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
         col = xp.empty((g, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
@@ -253,15 +259,20 @@ def conv2d_backward(dy, ctx):
         dym = dyh[p0:p1, :]
         if g == 1:
             part = xp.reshape(cm, (k, p1 - p0)) @ dym  # (K, F)
-            dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
+            if need_dx:
+                dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
         else:
             dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
             part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
-            if clast:
+            if not need_dx:
+                pass
+            elif clast:
                 dcol = xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2))  # (P, G, K)
             else:
                 dcol = xp.matmul(wk, xp.matrix_transpose(dyg))  # (G, K, P)
         dwk = part if dwk is None else dwk + part
+        if not need_dx:
+            continue
         if clast:
             _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
         else:
@@ -270,6 +281,8 @@ def conv2d_backward(dy, ctx):
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
+    if dx is None:
+        return None, dw, db
     if clast:
         return xp.permute_dims(dx, (0, 3, 1, 2)), dw, db
     out = empty_nchw(xp, dx.shape, dx.dtype, dev)  # the library's one layout: channels-last memory

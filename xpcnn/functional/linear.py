@@ -27,6 +27,13 @@ def linear_backward(dy, ctx):
     return dx, dw, db
 
 
+def linear_backward_params(dy, ctx):
+    """``(dweight, dbias)`` only: :func:`linear_backward` without the input gradient."""
+    x, weight, has_bias = ctx
+    xp = array_namespace(dy, weight)
+    return xp.matrix_transpose(dy) @ x, (xp.sum(dy, axis=0) if has_bias else None)
+
+
 def linear(x, weight, bias=None):
     """Forward only."""
     return linear_forward(x, weight, bias)[0]

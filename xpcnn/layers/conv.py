@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional._util import conv_padding, pair
+from ..functional.conv import conv2d_backward_params
 from .module import Module, check_positive_int
 
 
@@ -56,8 +57,9 @@ class Conv2d(Module):
             raise ValueError(f"{self.label()}: {e}") from None
         return y
 
-    def backward(self, dy):
-        dx, dw, db = F.conv2d_backward(dy, self._ctx)
+    def backward(self, dy, need_dx: bool = True):
+        """Accumulate the parameter gradients; return dx (None with ``need_dx=False``: its GEMM is skipped)."""
+        dx, dw, db = conv2d_backward_params(dy, self._ctx, need_dx)
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db

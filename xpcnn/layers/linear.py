@@ -9,6 +9,7 @@ from array_api_compat import device
 
 from .. import functional as F
 from ..functional._util import empty_nchw
+from ..functional.linear import linear_backward_params
 from .module import Module, check_positive_int
 
 
@@ -36,8 +37,12 @@ class Linear(Module):
         y, self._ctx = F.linear_forward(x, self.weight.data, self.bias.data if self.has_bias else None)
         return y
 
-    def backward(self, dy):
-        dx, dw, db = F.linear_backward(dy, self._ctx)
+    def backward(self, dy, need_dx: bool = True):
+        """Accumulate the parameter gradients; return dx (None with ``need_dx=False``)."""
+        if need_dx:
+            dx, dw, db = F.linear_backward(dy, self._ctx)
+        else:
+            dx, (dw, db) = None, linear_backward_params(dy, self._ctx)
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db
