@@ -200,3 +200,21 @@ def test_backward_without_input_grad(net, key, rng):
         np.testing.assert_array_equal(env.get(p.grad), g, err_msg=name)
     model.forward(x)
     assert model.backward(dy, input_grad=True) is not None  # the default path still works after a skip
+
+
+def test_backward_frees_forward_state(rng):
+    """Backward frees what forward kept (as PyTorch frees its graph): a second backward needs a new forward."""
+    model = small_net(dtype="float64", seed=4)
+    x = rng.standard_normal((2, 2, 4, 6))
+    y = model.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    assert all(getattr(m, "_ctx", None) is None for m in model.layers)
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backward(dy)
+    model.forward(x)
+    model.to("numpy")  # moving clears the forward state too
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backward(dy)
+    model.forward(x)
+    assert tuple(model.backward(dy).shape) == tuple(dx.shape)

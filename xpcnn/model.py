@@ -66,6 +66,7 @@ class Sequential(Module):
         with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
             for layer in self.layers:
                 x = layer.forward(x)
+        self._ctx_ready = True
         return x
 
     def backward(self, dy, input_grad: bool = True):
@@ -74,8 +75,12 @@ class Sequential(Module):
         ``input_grad=False`` (a training step, where nothing uses it; PyTorch does not compute it either)
         skips that gradient and returns None: parameter-free layers in front of the first layer with
         parameters are not back-propagated at all, and that layer skips its input gradient where it can.
-        Parameter gradients are the same either way.
+        Parameter gradients are the same either way. What forward kept for backward is freed as the
+        pass goes (as PyTorch frees its graph), so each backward needs its own forward.
         """
+        if not getattr(self, "_ctx_ready", False):
+            raise RuntimeError("Sequential.backward() needs a forward() first: the state forward keeps for "
+                               "backward is freed by each backward (as PyTorch frees its graph)")
         dy = self._accept(dy, "gradient")
         if self.layers:
             self.layers[-1].check_input(dy)
@@ -93,6 +98,10 @@ class Sequential(Module):
                     dy = None
                 else:
                     dy = layer.backward(dy)
+                layer.clear_cache()  # free what forward kept, as PyTorch frees its graph: a lower peak
+            for layer in self.layers[:stop]:
+                layer.clear_cache()
+        self._ctx_ready = False
         return None if not input_grad else dy
 
     def extra_repr(self) -> str:
