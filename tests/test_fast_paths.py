@@ -72,3 +72,28 @@ def test_workspace_limit_bounds_the_column_buffer(settings):
 def test_workspace_limit_validation():
     with pytest.raises(ValueError):
         config.set_workspace_limit(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("special", [None, "nan", "inf", "huge"])
+def test_relu_backward_fast_path_matches_portable(dtype, special, settings):
+    """The NumPy ReLU backward (a multiply by the mask) equals ``where(y > 0, dy, 0)`` exactly, also for inf/NaN
+    in ``dy`` where ``y <= 0`` (0, as PyTorch), and keeps the channels-last layout of its inputs."""
+    from xpcnn.functional import relu, relu_backward
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5, 6, 3)).astype(dtype).transpose(0, 3, 1, 2)  # NCHW view of NHWC memory
+    x[0, 0, 0, 0] = 0.0
+    y = relu(x)
+    dy = rng.standard_normal((4, 5, 6, 3)).astype(dtype).transpose(0, 3, 1, 2)
+    if special:
+        neg, pos = np.argwhere(y <= 0), np.argwhere(y > 0)
+        v = {"nan": np.nan, "inf": np.inf, "huge": np.finfo(dtype).max}[special]
+        dy[tuple(neg[0])] = v
+        dy[tuple(neg[1])] = -v
+        dy[tuple(pos[0])] = v
+    config.set_fast_paths(False)
+    ref = relu_backward(dy, y)
+    config.set_fast_paths(True)
+    got = relu_backward(dy, y)
+    assert got.dtype == ref.dtype and got.strides == y.strides
+    np.testing.assert_array_equal(got, ref)
