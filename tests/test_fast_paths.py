@@ -97,3 +97,26 @@ def test_relu_backward_fast_path_matches_portable(dtype, special, settings):
     got = relu_backward(dy, y)
     assert got.dtype == ref.dtype and got.strides == y.strides
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("geom", [(2, 2, 0), (3, 2, 1), (2, 3, 0)])  # kernel, stride, padding
+@pytest.mark.parametrize("special", [None, "nan", "inf"])
+def test_max_pool_fast_path_matches_portable(geom, special, settings):
+    """Max pooling with the NumPy ``where_zero`` kernel equals the portable path exactly (ties, NaN in the
+    input, inf/NaN in the gradient), disjoint and overlapping windows."""
+    from xpcnn.functional import max_pool2d_backward, max_pool2d_forward
+    k, s, p = geom
+    rng = np.random.default_rng(5)
+    x = np.round(rng.standard_normal((3, 4, 9, 7)), 1).astype(np.float32).transpose(0, 1, 2, 3)
+    x[0, 0, 0, :] = 1.0  # ties
+    x[1, 2, 3, 3] = np.nan
+    out = []
+    for fast in (False, True):
+        config.set_fast_paths(fast)
+        y, ctx = max_pool2d_forward(x, k, s, p)
+        dy = rng.standard_normal(y.shape).astype(np.float32) if not out else out[0][2]
+        if special and not out:
+            dy[0, 0, 0, 0] = {"nan": np.nan, "inf": np.inf}[special]
+        out.append((y, max_pool2d_backward(dy, ctx), dy))
+    np.testing.assert_array_equal(out[1][0], out[0][0])
+    np.testing.assert_array_equal(out[1][1], out[0][1])

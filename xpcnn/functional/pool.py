@@ -10,6 +10,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
+from .. import kernels
 from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, window
 
 
@@ -32,7 +33,12 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
 
 
 def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0):
-    """Max pooling. Returns ``(y, ctx)``; padding never wins (it is the dtype's lowest finite value)."""
+    """Max pooling. Returns ``(y, ctx)``; padding never wins (it is the dtype's lowest finite value).
+
+    Per window offset: ``y = maximum(y, s)`` (NaN propagates) and the offset of the first maximum (the last
+    NaN where there is one, as PyTorch) as ``idx = maximum(idx, k * better)``: offsets only grow, so no
+    ``where`` is needed (NumPy's is several times slower than these element-wise ops).
+    """
     xp = array_namespace(x)
     kernel, stride, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding)
     xpad = pad2d(x, pads, float(xp.finfo(x.dtype).min))
@@ -48,23 +54,32 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
             else:
                 # strict: ties keep the first maximum; NaN wins and propagates (as in PyTorch), never hidden
                 better = (s > y) | xp.isnan(s)
-                y = xp.where(better, s, y)
-                idx = xp.where(better, xp.asarray(i * kernel[1] + j, dtype=idx_dtype, device=device(x)), idx)
+                y = xp.maximum(y, s)
+                idx = xp.maximum(idx, xp.astype(better, idx_dtype) * (i * kernel[1] + j))
     return y, (idx, x.shape, xpad.shape, kernel, stride, pads)
 
 
 def max_pool2d_backward(dy, ctx):
-    """Gradient w.r.t. the input of :func:`max_pool2d_forward`."""
+    """Gradient w.r.t. the input of :func:`max_pool2d_forward`.
+
+    Disjoint windows (stride >= kernel) are written, not accumulated."""
     idx, x_shape, padded_shape, kernel, stride, pads = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
     dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
+    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
+    fast = kernels.get("where_zero", xp)
     zero = xp.zeros((), dtype=dy.dtype, device=device(dy))
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             hit = idx == i * kernel[1] + j
-            dx[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]] += \
-                xp.where(hit, dy, zero)
+            g = fast(hit, dy) if fast is not None else xp.where(hit, dy, zero)
+            key = (slice(None), slice(None), slice(i, i + stride[0] * (oh - 1) + 1, stride[0]),
+                   slice(j, j + stride[1] * (ow - 1) + 1, stride[1]))
+            if disjoint:
+                dx[key] = g
+            else:
+                dx[key] += g
     return unpad2d(dx, pads)
 
 

@@ -14,18 +14,18 @@ def accumulate(dst: np.ndarray, key, src) -> None:
     np.add(view, src, out=view)
 
 
-def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``where(y > 0, dy, 0)`` exactly, 5x faster: NumPy's ``where`` (and every masked copy) runs at a
-    fraction of the speed of a plain multiply. ``dy * (y > 0)`` equals it unless ``dy`` holds inf or
-    NaN where ``y <= 0`` (0 * inf = NaN, where PyTorch and the portable path give 0): one reduction
-    detects that and falls back to ``where``.
+def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``where(mask, a, 0)`` exactly, ~5x faster: NumPy's ``where`` (and every masked copy) runs at a
+    fraction of the speed of a plain multiply. ``a * mask`` equals it unless ``a`` holds inf or NaN
+    where ``mask`` is False (0 * inf = NaN, where the portable path and PyTorch give 0): one
+    reduction detects that and falls back to ``where``. The result keeps the inputs' memory layout.
     """
     with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf; a huge sum: both only send us to ``where``
-        out = np.multiply(dy, y > 0, dtype=dy.dtype)
+        out = np.multiply(a, mask, dtype=a.dtype)
         finite = np.isfinite(np.add.reduce(out, axis=None))
     if not finite:
-        return np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
+        return np.where(mask, a, np.zeros((), dtype=a.dtype))
     return out
 
 
-KERNELS = {"accumulate": accumulate, "relu_backward": relu_backward}
+KERNELS = {"accumulate": accumulate, "where_zero": where_zero}
