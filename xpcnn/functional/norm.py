@@ -20,7 +20,12 @@ def _axes(x):
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training: bool = True,
                        momentum: float = 0.1, eps: float = 1e-5):
-    """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays."""
+    """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays.
+
+    Centred variance (numerically safe); ``y = centered * scale + bias`` with the per-channel
+    ``scale = weight / sqrt(var + eps)``: four passes over ``x``. Backward keeps ``centered`` (the size of
+    ``x``, which nothing else holds) instead of ``xhat``.
+    """
     xp = array_namespace(x)
     axes, shape = _axes(x)
     count = math.prod(x.shape) // x.shape[1]
@@ -37,22 +42,32 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
         mean, var = running_mean, running_var
         centered = x - xp.reshape(mean, shape)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    xhat = centered * xp.reshape(inv_std, shape)
-    y = xhat * xp.reshape(weight, shape) + xp.reshape(bias, shape) if weight is not None else xhat
-    return y, running_mean, running_var, (xhat, inv_std, weight, training)
+    scale = inv_std if weight is None else weight * inv_std
+    y = centered * xp.reshape(scale, shape)
+    if bias is not None:
+        y += xp.reshape(bias, shape)
+    return y, running_mean, running_var, (centered, inv_std, weight, training)
 
 
 def batch_norm_backward(dy, ctx):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`."""
-    xhat, inv_std, weight, training = ctx
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`.
+
+    Training: ``dx = (dy - mean(dy)) * scale - centered * (scale * inv_std**2 * mean(dy * centered))``,
+    per-channel coefficients, so dx is one fused expression over the activations.
+    """
+    centered, inv_std, weight, training = ctx
     xp = array_namespace(dy)
     axes, shape = _axes(dy)
     count = math.prod(dy.shape) // dy.shape[1]
     dbias = xp.sum(dy, axis=axes)
-    dweight = xp.sum(dy * xhat, axis=axes)
+    dc = xp.sum(dy * centered, axis=axes)  # sum(dy * xhat) = inv_std * dc
+    dweight = dc * inv_std
     scale = inv_std if weight is None else weight * inv_std
     if training:
-        dx = xp.reshape(scale / count, shape) * (count * dy - xp.reshape(dbias, shape) - xhat * xp.reshape(dweight, shape))
+        k_c = scale * inv_std * dweight / count
+        dx = dy - xp.reshape(dbias / count, shape)
+        dx *= xp.reshape(scale, shape)
+        dx -= centered * xp.reshape(k_c, shape)
     else:
         dx = dy * xp.reshape(scale, shape)
     return dx, (dweight if weight is not None else None), (dbias if weight is not None else None)
