@@ -9,7 +9,7 @@ from ..backend import to_numpy
 from ..checkpoint import Checkpoint
 from ._common import add_backend_arguments, blas_threads, model_from_checkpoint
 
-HELP = "predict the class of an image (PNG, needs Pillow) or a .npy array with a checkpoint"
+HELP = "predict the class of an image (PNG) or a .npy array with a checkpoint"
 
 
 def add_arguments(parser) -> None:
@@ -39,18 +39,10 @@ def load_input(path: str, channels: int, size: int, scale: float) -> np.ndarray:
             raise ValueError(f"{path}: expected an array of shape ({size}, {size}), ({channels}, {size}, {size}) "
                              f"or (N, {channels}, {size}, {size}), got {x.shape}")
         return x
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install pillow (or pass a .npy array)") from None
-    try:
-        img = Image.open(p)
-        img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    x = np.asarray(img, dtype=np.float64) / 255.0 * scale
-    x = x[None, None] if channels == 1 else x.transpose(2, 0, 1)[None]
-    return x
+    from ..png import read_png, to_model_input
+
+    x = to_model_input(read_png(p), channels, size) * scale
+    return x[None]
 
 
 def run(args) -> int:
