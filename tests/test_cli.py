@@ -131,3 +131,11 @@ def test_nan_loss_keeps_last_checkpoint(tmp_path, capsys):
                          "--lr", "1e30", "--checkpoint", str(ck))
     assert code != 0 and "loss is" in err and "epoch 1, step" in err and "Traceback" not in err
     assert ck.read_bytes() == before
+
+
+def test_default_run_as_users_type_it(capsys):
+    """`xpcnn train` with no options: the bundled digits, the default model and recipe, >= 97% test accuracy."""
+    code, out, err = run(capsys, "train")
+    assert code == 0, err
+    accuracy = float(out.split("test accuracy")[-1].split()[0])
+    assert accuracy >= 0.97, out
