@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -137,7 +137,7 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
         log_every = 20 if backend.is_gpu else 1
     history = []
     flag: dict = {}
-    guard = _sigint_as_flag(flag) if catch_sigint else _nullcontext()
+    guard = _sigint_as_flag(flag) if catch_sigint else nullcontext()
     with guard:
         for epoch in range(initial_epoch + 1, epochs + 1):
             if lr_schedule is not None:
@@ -157,14 +157,6 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
 def cosine_schedule(lr: float, epochs: int, min_lr: float = 0.0) -> Callable[[int], float]:
     """Cosine decay from ``lr`` (epoch 1) towards ``min_lr`` (after the last epoch)."""
     return lambda epoch: min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, progress, flag) -> dict:
