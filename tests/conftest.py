@@ -6,6 +6,8 @@
                         trip or default-device allocation (mixing devices raises).
 * ``strict-no_float64`` array_api_strict on ``no_float64``, float32 only: no float64 leak. Compared with the
                         float64 references at the stated looser tolerance ``F32_TOL``.
+* ``torch``             PyTorch CPU tensors through array-api-compat, float64, where torch is installed (it
+                        rejects some things strict accepts, e.g. a tuple axis in ``expand_dims``); skipped otherwise.
 
 ``Env.get`` asserts that every result is on the backend's device and (for floating arrays) in its dtype
 before it hands back a NumPy float64 copy.
@@ -64,14 +66,22 @@ ENVS = {
     "strict-device1": ("array_api_strict:device1", "float64"),
     "strict-no_float64": ("array_api_strict:no_float64", "float32"),
 }
-STRICT = [k for k in ENVS if k != "numpy"]
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+ENVS["torch"] = ("torch", "float64")
+# the representative op grids run here besides NumPy's full grid
+STRICT = [k for k in ENVS if k != "numpy" and (k != "torch" or HAVE_TORCH)]
 
 
 def make_env(key: str) -> Env:
     return Env(key, *ENVS[key])
 
 
-@pytest.fixture(params=list(ENVS))
+@pytest.fixture(params=[k if k != "torch" else pytest.param(
+    k, marks=pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (optional)")) for k in ENVS])
 def env(request) -> Env:
     """Every backend (use for layer and op tests with one or a few configurations each)."""
     return make_env(request.param)
