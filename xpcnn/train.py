@@ -215,4 +215,4 @@ def _drain(pending: list, epoch: int, step: int) -> tuple[float, float, float]:
         i = int(bad[0])
         raise NonFiniteLossError(epoch, step - len(pending) + 1 + i, float(values[i, 0] / sizes[i]))
     pending.clear()
-    return float(values[-1, 0] / sizes[-1]), float(values[:, 0].sum()), float(values[:, 1].sum())
+    return float(values[-1, 0] / sizes[-1]), float(np.sum(values[:, 0])), float(np.sum(values[:, 1]))  # host NumPy
