@@ -12,7 +12,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels
-from ._util import conv_padding, empty_nchw, out_size, pad2d, pair, unpad2d, window
+from ._util import add_rows_bias, conv_padding, empty_nchw, out_size, pad2d, pair, rows_sum, unpad2d, window
 
 
 def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -212,11 +212,13 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
         cm = _im2col_kmajor(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
         ym = _gemm_forward(xp, cm, wk, groups)
         if y is None:
-            y = xp.reshape(ym, (n, oh, ow, f))
+            y = ym
         else:
             y[n0:n1, ...] = xp.reshape(ym, (n1 - n0, oh, ow, f))
+    y = xp.reshape(y, (n * oh * ow, f))
     if bias is not None:
-        y += bias
+        y = add_rows_bias(xp, y, bias, ow)
+    y = xp.reshape(y, (n, oh, ow, f))
     cached = col if (config.get_cache_columns() and nb >= n) else None
     ctx = (x, weight, wk, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
@@ -240,7 +242,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     g, fg, k = groups, f // groups, cg * kh * kw
     dev = device(dy)
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
-    db = xp.sum(dyh, axis=0) if has_bias else None
+    db = rows_sum(xp, dyh, ow) if has_bias else None
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = cg >= CHANNELS_LAST_MIN
     dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dx else None
