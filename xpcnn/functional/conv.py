@@ -73,9 +73,21 @@ def _itemsize(xp, dtype) -> int:
     return xp.finfo(dtype).bits // 8
 
 
+CHUNK_TARGET = 2 * 2 ** 20  # bytes of columns per chunk when the workspace limit allows more (measured, see below)
+
+
 def _batch_chunk(n: int, sample_values: int, itemsize: int) -> int:
-    """Samples per chunk so that one chunk's column buffer fits the workspace limit (at least 1)."""
-    return max(1, min(n, config.get_workspace_limit() // max(1, sample_values * itemsize)))
+    """Samples per chunk so that one chunk's column buffer fits the workspace limit (at least 1), and
+    :data:`CHUNK_TARGET` unless columns are cached (which needs the whole batch in one chunk).
+
+    Chunks of ~2 MiB stay in cache between im2col, the GEMMs and col2im: against 16 MiB chunks, step time
+    0.9x (lenet, vgg-small, 1 and 2 threads, interleaved) and step peak memory vgg-small 174 -> 133 MiB,
+    lenet 20.7 -> 10.6 MiB.
+    """
+    limit = config.get_workspace_limit()
+    if not config.get_cache_columns():
+        limit = min(limit, CHUNK_TARGET)
+    return max(1, min(n, limit // max(1, sample_values * itemsize)))
 
 
 def _pad_chunk(x, n0: int, n1: int, pads, buf):
