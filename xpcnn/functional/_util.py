@@ -85,13 +85,19 @@ def unpad2d(x, pads: tuple[int, int, int, int]):
     return x[:, :, top:h - bottom, left:w - right]
 
 
-def window(xpad, i: int, j: int, stride: tuple[int, int], dilation: tuple[int, int], oh: int, ow: int):
-    """The strided slice of every output position at kernel offset ``(i, j)``: ``(N, C, oh, ow)``.
+def window_key(i: int, j: int, stride: tuple[int, int], dilation: tuple[int, int], oh: int, ow: int) -> tuple:
+    """The NCHW index of every output position's input at kernel offset ``(i, j)`` (``(N, C, oh, ow)`` elements).
 
     The stop is exactly one past the last element read, never past the end.
     """
     hi, wj = i * dilation[0], j * dilation[1]
-    return xpad[:, :, hi:hi + stride[0] * (oh - 1) + 1:stride[0], wj:wj + stride[1] * (ow - 1) + 1:stride[1]]
+    return (slice(None), slice(None), slice(hi, hi + stride[0] * (oh - 1) + 1, stride[0]),
+            slice(wj, wj + stride[1] * (ow - 1) + 1, stride[1]))
+
+
+def window(xpad, i: int, j: int, stride: tuple[int, int], dilation: tuple[int, int], oh: int, ow: int):
+    """The strided slice of every output position at kernel offset ``(i, j)``: ``(N, C, oh, ow)``."""
+    return xpad[window_key(i, j, stride, dilation, oh, ow)]
 
 
 def rows_sum(xp, m, group: int):

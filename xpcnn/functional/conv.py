@@ -12,7 +12,8 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels
-from ._util import add_rows_bias, conv_padding, empty_nchw, out_size, pad2d, pair, rows_sum, unpad2d, window
+from ._util import (add_rows_bias, conv_padding, empty_nchw, out_size, pad2d, pair, rows_sum, unpad2d, window,
+                    window_key)
 
 
 def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
@@ -60,9 +61,7 @@ def col2im(col, padded_shape, stride, dilation):
     out = xp.zeros(padded_shape, dtype=col.dtype, device=device(col))
     for i in range(kh):
         for j in range(kw):
-            hi, wj = i * dilation[0], j * dilation[1]
-            out[:, :, hi:hi + stride[0] * (oh - 1) + 1:stride[0], wj:wj + stride[1] * (ow - 1) + 1:stride[1]] += \
-                xp.permute_dims(col[:, i, j, :, :, :], (1, 0, 2, 3))
+            out[window_key(i, j, stride, dilation, oh, ow)] += xp.permute_dims(col[:, i, j, :, :, :], (1, 0, 2, 3))
     return out
 
 
@@ -113,9 +112,7 @@ def _im2col_kmajor(xpad, col, stride, dilation):
     m = xpad.shape[0]
     for i in range(kh):
         for j in range(kw):
-            hi, wj = i * dilation[0], j * dilation[1]
-            win = xpad[:, :, hi:hi + stride[0] * (oh - 1) + 1:stride[0], wj:wj + stride[1] * (ow - 1) + 1:stride[1]]
-            win = xp.permute_dims(win, (1, 0, 2, 3))  # (C, m, oh, ow)
+            win = xp.permute_dims(window(xpad, i, j, stride, dilation, oh, ow), (1, 0, 2, 3))  # (C, m, oh, ow)
             col[:, i, j, :, 0:m, :, :] = xp.reshape(win, (g, cg, m, oh, ow)) if g > 1 else win[None, ...]
     return col if m == col.shape[4] else col[:, :, :, :, 0:m, :, :]
 
@@ -127,16 +124,12 @@ def _clip(o: int, off: int, pad: int, s: int, size: int) -> tuple[int, int, int]
     return lo, hi, lo * s + off - pad
 
 
-def _col2im_nhwc(dcol, dx, n0, pads, stride, dilation):
-    """Adjoint of :func:`_im2col_nhwc`, summed straight into samples ``n0:n0+m`` of the unpadded
-    channels-last ``dx (N, H, W, C)``.
+def _fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation):
+    """For each kernel offset ``(i, j)`` that touches the unpadded input: the output rows/columns it covers
+    and the strided input slices they land on, ``(i, j, out_rows, out_cols, in_rows, in_cols)``.
 
-    Contributions that fall in the padding are dropped, so no padded buffer is needed.
+    Contributions that fall in the padding are dropped, so col2im needs no padded buffer.
     """
-    xp = array_namespace(dcol)
-    m, oh, ow, g, kh, kw, cg = dcol.shape
-    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
-    acc = kernels.get("accumulate", xp)
     for i in range(kh):
         a0, a1, r0 = _clip(oh, i * dilation[0], pads[0], stride[0], h)
         if a1 <= a0:
@@ -145,14 +138,33 @@ def _col2im_nhwc(dcol, dx, n0, pads, stride, dilation):
             b0, b1, c0 = _clip(ow, j * dilation[1], pads[2], stride[1], w)
             if b1 <= b0:
                 continue
-            src = dcol[:, a0:a1, b0:b1, :, i, j, :]
-            src = xp.reshape(src, (m, a1 - a0, b1 - b0, c)) if g > 1 else src[:, :, :, 0, :]
-            key = (slice(n0, n0 + m), slice(r0, r0 + stride[0] * (a1 - a0 - 1) + 1, stride[0]),
-                   slice(c0, c0 + stride[1] * (b1 - b0 - 1) + 1, stride[1]), slice(None))
-            if acc is not None:
-                acc(dx, key, src)
-            else:
-                dx[key] += src
+            yield (i, j, slice(a0, a1), slice(b0, b1),
+                   slice(r0, r0 + stride[0] * (a1 - a0 - 1) + 1, stride[0]),
+                   slice(c0, c0 + stride[1] * (b1 - b0 - 1) + 1, stride[1]))
+
+
+def _adder(xp):
+    """``add(dst, key, src)`` doing ``dst[key] += src``, with the namespace's single-write kernel if registered."""
+    acc = kernels.get("accumulate", xp)
+    if acc is not None:
+        return acc
+
+    def add(dst, key, src):
+        dst[key] += src
+    return add
+
+
+def _col2im_nhwc(dcol, dx, n0, pads, stride, dilation):
+    """Adjoint of im2col for channels-innermost columns ``dcol (m, oh, ow, G, kh, kw, C/G)``, summed straight
+    into samples ``n0:n0+m`` of the unpadded channels-last ``dx (N, H, W, C)``."""
+    xp = array_namespace(dcol)
+    m, oh, ow, g, kh, kw, cg = dcol.shape
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    add = _adder(xp)
+    for i, j, rows, cols, in_rows, in_cols in _fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation):
+        src = dcol[:, rows, cols, :, i, j, :]
+        src = xp.reshape(src, (m, src.shape[1], src.shape[2], c)) if g > 1 else src[:, :, :, 0, :]
+        add(dx, (slice(n0, n0 + m), in_rows, in_cols, slice(None)), src)
     return dx
 
 
@@ -162,23 +174,11 @@ def _col2im_kmajor(dcol, dx, n0, pads, stride, dilation):
     xp = array_namespace(dcol)
     g, kh, kw, cg, m, oh, ow = dcol.shape
     c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    acc = kernels.get("accumulate", xp)
-    for i in range(kh):
-        a0, a1, r0 = _clip(oh, i * dilation[0], pads[0], stride[0], h)
-        if a1 <= a0:
-            continue
-        for j in range(kw):
-            b0, b1, c0 = _clip(ow, j * dilation[1], pads[2], stride[1], w)
-            if b1 <= b0:
-                continue
-            src = xp.permute_dims(dcol[:, i, j, :, :, a0:a1, b0:b1], (2, 0, 1, 3, 4))  # (m, G, C/G, ., .)
-            src = xp.reshape(src, (m, c, a1 - a0, b1 - b0))
-            key = (slice(n0, n0 + m), slice(None), slice(r0, r0 + stride[0] * (a1 - a0 - 1) + 1, stride[0]),
-                   slice(c0, c0 + stride[1] * (b1 - b0 - 1) + 1, stride[1]))
-            if acc is not None:
-                acc(dx, key, src)
-            else:
-                dx[key] += src
+    add = _adder(xp)
+    for i, j, rows, cols, in_rows, in_cols in _fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation):
+        src = xp.permute_dims(dcol[:, i, j, :, :, rows, cols], (2, 0, 1, 3, 4))  # (m, G, C/G, ., .)
+        src = xp.reshape(src, (m, c, src.shape[3], src.shape[4]))
+        add(dx, (slice(n0, n0 + m), slice(None), in_rows, in_cols), src)
     return dx
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import kernels
-from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, window
+from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, window, window_key
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
@@ -32,6 +32,13 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
     return kernel, stride, (ph, ph, pw, pw), oh, ow
 
 
+def _copy_nchw(xp, a):
+    """A channels-last copy of the NCHW array ``a`` (the layout every op allocates)."""
+    out = empty_nchw(xp, a.shape, a.dtype, device(a))
+    out[...] = a
+    return out
+
+
 def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0):
     """Max pooling. Returns ``(y, ctx)``; padding never wins (it is the dtype's lowest finite value).
 
@@ -48,8 +55,7 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
         for j in range(kernel[1]):
             s = window(xpad, i, j, stride, (1, 1), oh, ow)
             if y is None:
-                y = empty_nchw(xp, s.shape, x.dtype, device(x))
-                y[...] = s
+                y = _copy_nchw(xp, s)
                 idx = empty_nchw(xp, y.shape, idx_dtype, device(x), 0)
             else:
                 # strict: ties keep the first maximum; NaN wins and propagates (as in PyTorch), never hidden
@@ -74,8 +80,7 @@ def max_pool2d_backward(dy, ctx):
         for j in range(kernel[1]):
             hit = idx == i * kernel[1] + j
             g = fast(hit, dy) if fast is not None else xp.where(hit, dy, zero)
-            key = (slice(None), slice(None), slice(i, i + stride[0] * (oh - 1) + 1, stride[0]),
-                   slice(j, j + stride[1] * (ow - 1) + 1, stride[1]))
+            key = window_key(i, j, stride, (1, 1), oh, ow)
             if disjoint:
                 dx[key] = g
             else:
@@ -92,11 +97,7 @@ def avg_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             s = window(xpad, i, j, stride, (1, 1), oh, ow)
-            if y is None:
-                y = empty_nchw(xp, s.shape, x.dtype, device(x))
-                y[...] = s
-            else:
-                y = y + s
+            y = _copy_nchw(xp, s) if y is None else y + s
     y = y / (kernel[0] * kernel[1])
     return y, (x.shape, xpad.shape, kernel, stride, pads)
 
@@ -110,7 +111,7 @@ def avg_pool2d_backward(dy, ctx):
     dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            dx[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]] += g
+            dx[window_key(i, j, stride, (1, 1), oh, ow)] += g
     return unpad2d(dx, pads)
 
 
