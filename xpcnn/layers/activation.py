@@ -5,17 +5,36 @@ from .. import functional as F
 from .module import Module
 
 
-class ReLU(Module):
+class _OutputActivation(Module):
+    """An element-wise activation whose backward needs only its output (kept from forward)."""
+    _forward = _backward = None
+
     def forward(self, x):
         self.check_input(x)
-        self._ctx = y = F.relu(x)
+        self._ctx = y = type(self)._forward(x)
         return y
 
     def backward(self, dy):
-        return F.relu_backward(dy, self._ctx)
+        return type(self)._backward(dy, self._ctx)
+
+
+class ReLU(_OutputActivation):
+    """``max(x, 0)``."""
+    _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+
+
+class Sigmoid(_OutputActivation):
+    """``1 / (1 + exp(-x))``, computed without overflow."""
+    _forward, _backward = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_OutputActivation):
+    """``tanh(x)``."""
+    _forward, _backward = staticmethod(F.tanh), staticmethod(F.tanh_backward)
 
 
 class LeakyReLU(Module):
+    """``x`` where positive, ``negative_slope * x`` elsewhere (backward needs the input)."""
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
         self.negative_slope = float(negative_slope)
@@ -30,26 +49,6 @@ class LeakyReLU(Module):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
-
-
-class Sigmoid(Module):
-    def forward(self, x):
-        self.check_input(x)
-        self._ctx = y = F.sigmoid(x)
-        return y
-
-    def backward(self, dy):
-        return F.sigmoid_backward(dy, self._ctx)
-
-
-class Tanh(Module):
-    def forward(self, x):
-        self.check_input(x)
-        self._ctx = y = F.tanh(x)
-        return y
-
-    def backward(self, dy):
-        return F.tanh_backward(dy, self._ctx)
 
 
 class Dropout(Module):
