@@ -91,7 +91,7 @@ class Sequential(Module):
             for i in range(len(self.layers) - 1, stop - 1, -1):
                 layer = self.layers[i]
                 if i == stop and not input_grad:
-                    if _skips_input_grad(layer):
+                    if layer.can_skip_input_grad:
                         layer.backward(dy, need_dx=False)
                     else:
                         layer.backward(dy)
@@ -113,15 +113,6 @@ class Sequential(Module):
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.parameters())
-
-
-def _skips_input_grad(layer) -> bool:
-    """Whether ``layer.backward`` takes ``need_dx`` (Conv2d, Linear)."""
-    import inspect
-    try:
-        return "need_dx" in inspect.signature(layer.backward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _is_array(a) -> bool:

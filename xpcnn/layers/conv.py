@@ -20,6 +20,8 @@ class Conv2d(Module):
     ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``.
     """
 
+    can_skip_input_grad = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True):
         super().__init__()

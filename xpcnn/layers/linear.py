@@ -16,6 +16,8 @@ from .module import Module, check_positive_int
 class Linear(Module):
     """``y = x @ weight.T + bias``; weight ``(out_features, in_features)``, PyTorch's initialisation."""
 
+    can_skip_input_grad = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features", "Linear")

@@ -35,6 +35,8 @@ class Parameter:
 class Module:
     """Base class: parameters and buffers by name, forward/backward, train/eval, moving between backends."""
 
+    can_skip_input_grad = False  # True where ``backward(dy, need_dx=False)`` skips the input gradient
+
     def __init__(self) -> None:
         self.training = True
         self.backend: Backend | None = None
