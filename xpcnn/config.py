@@ -50,3 +50,22 @@ def set_fast_paths(flag: bool) -> None:
 
 def get_fast_paths() -> bool:
     return _fast_paths
+
+
+_conv_algorithm = "auto"
+_CONV_ALGORITHMS = ("auto", "im2col", "shifted")
+
+
+def set_conv_algorithm(name: str | None) -> None:
+    """Stride-1, ungrouped convolutions: ``"auto"`` (default: shifted GEMM on the shapes where it measured
+    faster, see ``functional.conv``), ``"im2col"`` (always columns) or ``"shifted"`` (shifted GEMM whenever it
+    applies: stride 1, groups 1; tests use it to cover that path on small shapes). ``None`` restores "auto"."""
+    global _conv_algorithm
+    name = "auto" if name is None else name
+    if name not in _CONV_ALGORITHMS:
+        raise ValueError(f"conv algorithm must be one of {_CONV_ALGORITHMS}, got {name!r}")
+    _conv_algorithm = name
+
+
+def get_conv_algorithm() -> str:
+    return _conv_algorithm
