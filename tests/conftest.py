@@ -88,6 +88,18 @@ def env(request) -> Env:
 
 
 @pytest.fixture
+def one_blas_thread():
+    """Small GEMMs on a shared 2-core machine: one BLAS thread is fastest and steadiest (threadpoolctl, optional)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@pytest.fixture
 def np_env() -> Env:
     return make_env("numpy")
 

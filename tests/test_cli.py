@@ -10,15 +10,7 @@ from xpcnn.cli import main
 from xpcnn.datasets import write_idx
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def run(capsys, *argv):

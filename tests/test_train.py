@@ -15,16 +15,7 @@ from xpcnn.train import NonFiniteLossError, TrainingInterrupted, cosine_schedule
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """Small GEMMs on a shared 2-core machine: one BLAS thread is fastest and steadiest."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def net(seed=0):
