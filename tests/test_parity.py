@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import xpcnn
-from gpu_support import requires_cupy
+from gpu_support import HAVE_CUPY, requires_cupy
 from xpcnn import parity
 from xpcnn.cli import main
 
@@ -148,6 +148,13 @@ def test_parity_command_usage_errors(capsys):
     assert "exactly two" in capsys.readouterr().err
     assert main(["parity", "--backends", "numpy,nosuch"]) == 2
     assert "unknown backend 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(HAVE_CUPY, reason="CuPy is usable here")
+def test_parity_without_a_gpu_says_what_to_run_instead(capsys):
+    assert main(["parity"]) == 2  # default: numpy,cupy
+    err = capsys.readouterr().err
+    assert "cupy" in err and "--backends numpy,array_api_strict:device1" in err
 
 
 def test_dropout_masks_are_shared_for_parity():

@@ -49,6 +49,13 @@ def run(args) -> int:
         raise CLIError(f"--backends takes exactly two backends, e.g. numpy,cupy; got {args.backends!r}")
     if args.steps < 0 or args.batch_size < 2:
         raise CLIError("--steps must be >= 0 and --batch-size >= 2")
+    from ..backend import Backend
+    for name in backends:
+        try:
+            Backend(name, dtype=args.dtype)
+        except (ImportError, RuntimeError) as e:
+            raise CLIError(f"{e}. Without a GPU, compare NumPy with another backend instead: "
+                           f"xpcnn parity --backends numpy,array_api_strict:device1") from None
     reports = []
     if args.ops:
         reports.append(compare_ops(backends, args.dtype, args.seed, args.rtol))
