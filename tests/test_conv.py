@@ -106,7 +106,7 @@ def test_conv2d_shifted_gemm_matches_loop_reference_numpy(case, np_env, rng, shi
     """Shifted GEMM (implicit im2col) in float64: padding 0-2/same/valid, dilation 1-2, even/odd kernels."""
     _check_functional(np_env, case, rng, bias=SHIFTED_CASES.index(case) % 2 == 0)
     x, wt, b, groups, *_ = _data(case, rng)
-    assert F.conv2d_forward(x, wt, b, 1, case[3], case[4], groups)[1][3] == "shifted"  # the path ran
+    assert F.conv2d_forward(x, wt, b, 1, case[3], case[4], groups)[1].algorithm == "shifted"  # the path ran
 
 
 @pytest.mark.parametrize("key", STRICT)
@@ -118,15 +118,16 @@ def test_conv2d_shifted_gemm_matches_loop_reference_strict(case, key, rng, shift
 def test_conv2d_auto_takes_shifted_gemm_only_where_measured_faster(rng):
     """auto: shifted for stride 1, groups 1, >= 32 channels, padded grid <= 1.3x the output; else im2col."""
     def algo(xs, ws, stride=1, groups=1):
-        return F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, stride, 1, 1, groups)[1][3]
+        y, ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, stride, 1, 1, groups)
+        return ctx.algorithm
     assert algo((1, 32, 16, 16), (8, 32, 3, 3)) == "shifted"
-    assert algo((1, 32, 8, 8), (8, 32, 3, 3)) is None         # 10x10 grid for 8x8 outputs: 1.56x
-    assert algo((1, 16, 16, 16), (8, 16, 3, 3)) is None       # few channels
-    assert algo((1, 32, 16, 16), (8, 32, 3, 3), stride=2) is None
-    assert algo((1, 32, 16, 16), (8, 16, 3, 3), groups=2) is None
+    assert algo((1, 32, 8, 8), (8, 32, 3, 3)) == "im2col"         # 10x10 grid for 8x8 outputs: 1.56x
+    assert algo((1, 16, 16, 16), (8, 16, 3, 3)) == "im2col"       # few channels
+    assert algo((1, 32, 16, 16), (8, 32, 3, 3), stride=2) == "im2col"
+    assert algo((1, 32, 16, 16), (8, 16, 3, 3), groups=2) == "im2col"
     xpcnn.config.set_conv_algorithm("im2col")
     try:
-        assert algo((1, 32, 16, 16), (8, 32, 3, 3)) is None
+        assert algo((1, 32, 16, 16), (8, 32, 3, 3)) == "im2col"
     finally:
         xpcnn.config.set_conv_algorithm(None)
     with pytest.raises(ValueError):

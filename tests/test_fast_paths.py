@@ -68,7 +68,7 @@ def test_workspace_limit_bounds_the_column_buffer(settings):
     config.set_workspace_limit(2 ** 18)  # a sample's columns are 32*32*27*8 = 216 KiB: one per chunk
     x = np.ones((4, 3, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((2, 3, 3, 3)), None, 1, 1)
-    assert ctx[10] == 1
+    assert ctx.nb == 1
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
 
 
@@ -131,7 +131,7 @@ def test_workspace_limit_bounds_the_shifted_gemm_buffers(settings):
     config.set_workspace_limit(34 * 34 * 8 * 8 * 2)  # two samples' 34x34 grids of 8 float64 values
     x = np.ones((5, 4, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((8, 4, 3, 3)), None, 1, 1)
-    assert ctx[3] == "shifted" and ctx[10] == 2
+    assert ctx.algorithm == "shifted" and ctx.nb == 2
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
     dx, dw, _ = conv2d_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)

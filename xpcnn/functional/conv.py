@@ -11,7 +11,7 @@ input. vgg-small training step, interleaved A/B in one process: 0.93-0.95x (1 th
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
@@ -290,10 +290,28 @@ def _shifted_backward(xp, x, dyh, wk, pads, dilation, kh, kw, oh, ow, nb, need_d
     return xp.reshape(dw, (kh * kw * c, f)), dx
 
 
+class ConvContext(NamedTuple):
+    """What :func:`conv2d_forward` keeps for the backward pass."""
+    x: Any
+    weight: Any
+    wk: Any                 # the weight as (kh*kw*C/G, F) rows (or (G, K, F/G)), ordered as the columns
+    algorithm: str          # "im2col" or "shifted"
+    cols: Any               # the forward's columns when column caching kept them, else None
+    pads: tuple
+    stride: tuple
+    dilation: tuple
+    groups: int
+    oh: int
+    ow: int
+    nb: int                 # samples per chunk
+    has_bias: bool
+
+
 def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1):
     """Convolution (cross-correlation, as in PyTorch). Returns ``(y, ctx)`` for :func:`conv2d_backward`.
 
-    Columns ``(kh*kw*C, N*oh*ow)`` (ow innermost: the fastest im2col copies), transposed, times the weight
+    Stride-1 ungrouped convolutions with many channels use the shifted GEMM (:func:`_shifted_forward`, chosen
+    by :func:`_use_shifted`); the others use im2col. Columns ``(kh*kw*C, N*oh*ow)`` (ow innermost: the fastest im2col copies), transposed, times the weight
     ``(kh*kw*C, F)`` give the output channels-last ``(N, oh, ow, F)``; ``y`` is its NCHW view (no copy). The batch is processed in
     chunks whose column buffer fits :func:`xpcnn.config.get_workspace_limit`; backward recomputes the
     columns from ``x`` (unless column caching is on and one chunk holds the whole batch).
@@ -312,10 +330,10 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
         y = xp.reshape(_shifted_forward(xp, x, wk, pads, dilation, kh, kw, oh, ow, nb), (n * oh * ow, f))
         if bias is not None:
             y = add_rows_bias(xp, y, bias, ow)
-        ctx = (x, weight, wk, "shifted", pads, stride, dilation, groups, oh, ow, nb, bias is not None)
+        ctx = ConvContext(x, weight, wk, "shifted", None, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
         return xp.permute_dims(xp.reshape(y, (n, oh, ow, f)), (0, 3, 1, 2)), ctx
     nb = _batch_chunk(n, oh * ow * kh * kw * c, _itemsize(xp, x.dtype))
-    pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
+    pbuf = xp.zeros((nb, c, hp, wp), dtype=x.dtype, device=dev)
     col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
     y = None if nb >= n else xp.empty((n, oh, ow, f), dtype=x.dtype, device=dev)
     for n0 in range(0, n, nb):
@@ -331,7 +349,7 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
         y = add_rows_bias(xp, y, bias, ow)
     y = xp.reshape(y, (n, oh, ow, f))
     cached = col if (config.get_cache_columns() and nb >= n) else None
-    ctx = (x, weight, wk, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
+    ctx = ConvContext(x, weight, wk, "im2col", cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
 
 
@@ -346,7 +364,7 @@ def conv2d_backward(dy, ctx):
 def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     """As :func:`conv2d_backward`; with ``need_dx=False`` dx is None and its GEMM and col2im are skipped
     (the first layer of a training step: nothing consumes the input gradient)."""
-    x, weight, wk, cached, pads, stride, dilation, groups, oh, ow, nb, has_bias = ctx
+    x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, has_bias = ctx
     xp = array_namespace(dy, weight)
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
@@ -354,7 +372,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     dev = device(dy)
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
-    if isinstance(cached, str):  # "shifted": the forward used the shifted GEMM
+    if algorithm == "shifted":
         dwk, dxh = _shifted_backward(xp, x, xp.reshape(dyh, (n, oh, ow, f)), wk, pads, dilation, kh, kw, oh, ow,
                                      nb, need_dx)
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
@@ -382,12 +400,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         else:
             dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
             part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
-            if not need_dx:
-                pass
-            elif clast:
-                dcol = xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2))  # (P, G, K)
-            else:
-                dcol = xp.matmul(wk, xp.matrix_transpose(dyg))  # (G, K, P)
+            if need_dx:
+                dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
+                        else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
         dwk = part if dwk is None else dwk + part
         if not need_dx:
             continue
