@@ -334,6 +334,20 @@ def device_context(a: Any):
     return a.device if is_cupy_array(a) else contextlib.nullcontext()
 
 
+def asarray_like(host: np.ndarray, ref: Any, dtype: Any = None):
+    """A copy of host NumPy data on ``ref``'s namespace and device (``dtype=None``: the host dtype).
+
+    CuPy's creation functions ignore ``device=``, so for CuPy the copy is made under ``ref``'s GPU.
+    """
+    from array_api_compat import array_namespace, device, is_cupy_array
+
+    if is_cupy_array(ref):
+        import cupy as cp
+        with ref.device:
+            return cp.asarray(host, dtype=dtype)
+    return array_namespace(ref).asarray(host, dtype=dtype, device=device(ref), copy=True)
+
+
 def to_numpy(a: Any) -> np.ndarray:
     """A host NumPy copy of an array of any backend."""
     if isinstance(a, np.ndarray):

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from .backend import device_context, to_numpy
+from .backend import asarray_like, device_context, to_numpy
 from .layers.module import Parameter
 
 
@@ -79,13 +79,8 @@ class Optimizer:
 
 
 def _move_like(a, ref):
-    xp = array_namespace(ref)
-    host = a if isinstance(a, np.ndarray) else to_numpy(a)
-    if "cupy" in xp.__name__:
-        import cupy as cp
-        with device(ref):
-            return cp.asarray(host, dtype=ref.dtype)
-    return xp.asarray(host, dtype=ref.dtype, device=device(ref), copy=True)
+    """State ``a`` (any backend) as an array on ``ref``'s device, in ``ref``'s dtype."""
+    return asarray_like(a if isinstance(a, np.ndarray) else to_numpy(a), ref, ref.dtype)
 
 
 class SGD(Optimizer):

@@ -7,7 +7,7 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_array
 
 from .. import functional as F
-from ..backend import device_context
+from ..backend import asarray_like, device_context
 
 
 def _to_device_of(a: Any, ref):
@@ -17,14 +17,8 @@ def _to_device_of(a: Any, ref):
     device (a float32-only device cannot even hold it). Integer data (labels) keeps its dtype.
     """
     if isinstance(a, (np.ndarray, list, tuple)) and not is_numpy_array(ref):
-        xp = array_namespace(ref)
         host = np.asarray(a)
-        dtype = ref.dtype if host.dtype.kind == "f" else None
-        if "cupy" in xp.__name__:
-            import cupy as cp
-            with device(ref):
-                return cp.asarray(host, dtype=dtype)
-        return xp.asarray(host, dtype=dtype, device=device(ref))
+        return asarray_like(host, ref, ref.dtype if host.dtype.kind == "f" else None)
     if isinstance(a, (list, tuple)):  # NumPy predictions: lists as arrays too, as on every other backend
         return np.asarray(a)
     return a
