@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels
-from ._util import (add_rows_bias, conv_padding, empty_nchw, out_size, pad2d, pair, rows_sum, unpad2d, window,
-                    window_key)
+from ._util import add_rows_bias, conv_padding, empty_nchw, out_size, pair, rows_sum, window, window_key
 
 
 def conv2d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
