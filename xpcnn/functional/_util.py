@@ -5,6 +5,8 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
+from .. import kernels
+
 
 def pair(value: Any, name: str = "value") -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; anything else is a clear error."""
@@ -122,3 +124,12 @@ def add_rows_bias(xp, m, bias, group: int):
     v = xp.reshape(m, (r // group, group * f))
     v += xp.tile(bias, (group,))
     return xp.reshape(v, (r, f))
+
+
+def where_zero(mask, a):
+    """``where(mask, a, 0)``, through the namespace's faster exact kernel where one is registered."""
+    xp = array_namespace(a)
+    fast = kernels.get("where_zero", xp)
+    if fast is not None:
+        return fast(mask, a)
+    return xp.where(mask, a, xp.zeros((), dtype=a.dtype, device=device(a)))
