@@ -2,6 +2,12 @@
 
 Training normalises with the biased batch variance and updates the running
 variance with the unbiased one; evaluation uses the running statistics.
+
+The work runs on the channels-last rows of the input: ``(N*H*W, C)``, a view for the
+library's layout (:func:`~xpcnn.functional._util.empty_nchw`; one copy for another), grouped
+``W`` rows at a time into ``(N*H, W*C)`` with the per-channel vectors tiled ``W`` times.
+Broadcasting a ``(1, C, 1, 1)`` vector instead gives NumPy inner loops of C (32 here) and runs
+3-4x slower; the grouped rows take the same code path on every namespace.
 """
 from __future__ import annotations
 
@@ -9,13 +15,34 @@ import math
 
 from array_api_compat import array_namespace
 
+from ._util import rows_sum
 
-def _axes(x):
+
+def _rows(xp, x):
+    """``(rows (R/g, g*C), g)``: ``x`` as channels-last rows grouped ``g`` at a time (g = W for 4-D, 1 for 2-D)."""
     if x.ndim == 2:
-        return (0,), (1, x.shape[1])
-    if x.ndim == 4:
-        return (0, 2, 3), (1, x.shape[1], 1, 1)
-    raise ValueError(f"batch_norm expects a 2-D (N, C) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
+        return x, 1
+    if x.ndim != 4:
+        raise ValueError(f"batch_norm expects a 2-D (N, C) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    return xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (n * h, w * c)), w
+
+
+def _unrows(xp, m, shape):
+    """Inverse of :func:`_rows`: an array of ``shape`` (NCHW view of channels-last memory for 4-D)."""
+    if len(shape) == 2:
+        return m
+    n, c, h, w = shape
+    return xp.permute_dims(xp.reshape(m, (n, h, w, c)), (0, 3, 1, 2))
+
+
+def _channel_sum(xp, m, g: int, c: int):
+    """Per-channel sum of grouped rows ``(R/g, g*C)`` -> ``(C,)``."""
+    return rows_sum(xp, xp.reshape(m, (m.shape[0] * g, c)), g)
+
+
+def _tile(xp, v, g: int):
+    return xp.tile(v, (g,)) if g > 1 else v
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training: bool = True,
@@ -27,26 +54,27 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     ``x``, which nothing else holds) instead of ``xhat``.
     """
     xp = array_namespace(x)
-    axes, shape = _axes(x)
-    count = math.prod(x.shape) // x.shape[1]
+    m, g = _rows(xp, x)
+    c = x.shape[1]
+    count = math.prod(x.shape) // c
     if training:
         if count < 2:
             raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
-        mean = xp.mean(x, axis=axes)
-        centered = x - xp.reshape(mean, shape)
-        var = xp.mean(centered * centered, axis=axes)
+        mean = _channel_sum(xp, m, g, c) / count
+        centered = m - _tile(xp, mean, g)
+        var = _channel_sum(xp, centered * centered, g, c) / count
         if running_mean is not None:
             running_mean = (1 - momentum) * running_mean + momentum * mean
             running_var = (1 - momentum) * running_var + momentum * (var * (count / (count - 1)))
     else:
         mean, var = running_mean, running_var
-        centered = x - xp.reshape(mean, shape)
+        centered = m - _tile(xp, mean, g)
     inv_std = 1.0 / xp.sqrt(var + eps)
     scale = inv_std if weight is None else weight * inv_std
-    y = centered * xp.reshape(scale, shape)
+    y = centered * _tile(xp, scale, g)
     if bias is not None:
-        y += xp.reshape(bias, shape)
-    return y, running_mean, running_var, (centered, inv_std, weight, training)
+        y += _tile(xp, bias, g)
+    return _unrows(xp, y, x.shape), running_mean, running_var, (centered, inv_std, weight, training)
 
 
 def batch_norm_backward(dy, ctx):
@@ -57,19 +85,21 @@ def batch_norm_backward(dy, ctx):
     """
     centered, inv_std, weight, training = ctx
     xp = array_namespace(dy)
-    axes, shape = _axes(dy)
-    count = math.prod(dy.shape) // dy.shape[1]
-    dbias = xp.sum(dy, axis=axes)
-    dc = xp.sum(dy * centered, axis=axes)  # sum(dy * xhat) = inv_std * dc
+    d, g = _rows(xp, dy)
+    c = dy.shape[1]
+    count = math.prod(dy.shape) // c
+    dbias = _channel_sum(xp, d, g, c)
+    dc = _channel_sum(xp, d * centered, g, c)  # sum(dy * xhat) = inv_std * dc
     dweight = dc * inv_std
     scale = inv_std if weight is None else weight * inv_std
     if training:
         k_c = scale * inv_std * dweight / count
-        dx = dy - xp.reshape(dbias / count, shape)
-        dx *= xp.reshape(scale, shape)
-        dx -= centered * xp.reshape(k_c, shape)
+        dx = d - _tile(xp, dbias / count, g)
+        dx *= _tile(xp, scale, g)
+        dx -= centered * _tile(xp, k_c, g)
     else:
-        dx = dy * xp.reshape(scale, shape)
+        dx = d * _tile(xp, scale, g)
+    dx = _unrows(xp, dx, dy.shape)
     return dx, (dweight if weight is not None else None), (dbias if weight is not None else None)
 
 
