@@ -9,6 +9,7 @@ import pytest
 import reference as ref
 import xpcnn
 import xpcnn.functional as F
+import xpcnn.functional.conv as conv_module
 from conftest import STRICT, make_env
 from gradcheck import assert_close, check_grads
 
@@ -90,44 +91,61 @@ def test_conv2d_matches_loop_reference_strict(case, key, rng):
     _check_functional(make_env(key), case, rng)
 
 
-SHIFTED_CASES = [c for c in GRID if c[0] == 1 and c[2] == 1]  # stride 1, groups 1: the shifted-GEMM path
+# Paths that "auto" takes only on large shapes, forced on the grid: channels-innermost columns (groups 1) and
+# the shifted-GEMM backward (stride 1, groups 1).
+FORCED = {"im2col_nhwc": [c for c in GRID if c[0] == 1],
+          "shifted": [c for c in GRID if c[0] == 1 and c[2] == 1]}
+FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
 
 @pytest.fixture
-def shifted():
-    """Every stride-1, ungrouped convolution through the shifted GEMM (auto only takes it for large shapes)."""
-    xpcnn.config.set_conv_algorithm("shifted")
-    yield
+def conv_algorithm(request):
+    xpcnn.config.set_conv_algorithm(request.param)
+    yield request.param
     xpcnn.config.set_conv_algorithm(None)
 
 
-@pytest.mark.parametrize("case", SHIFTED_CASES, ids=_ids)
-def test_conv2d_shifted_gemm_matches_loop_reference_numpy(case, np_env, rng, shifted):
-    """Shifted GEMM (implicit im2col) in float64: padding 0-2/same/valid, dilation 1-2, even/odd kernels."""
-    _check_functional(np_env, case, rng, bias=SHIFTED_CASES.index(case) % 2 == 0)
+def _took(algo, case, rng):
+    """The path ``algo`` names is the one a convolution of ``case`` takes."""
     x, wt, b, groups, *_ = _data(case, rng)
-    assert F.conv2d_forward(x, wt, b, 1, case[3], case[4], groups)[1].algorithm == "shifted"  # the path ran
+    ctx = F.conv2d_forward(x, wt, b, case[2], case[3], case[4], groups)[1]
+    return (ctx.algorithm if algo == "im2col_nhwc" else conv_module.backward_algorithm(ctx)) == algo
+
+
+@pytest.mark.parametrize("conv_algorithm, case", FORCED_CASES, indirect=["conv_algorithm"],
+                         ids=[f"{a}-{_ids(c)}" for a, c in FORCED_CASES])
+def test_conv2d_forced_path_matches_loop_reference_numpy(conv_algorithm, case, np_env, rng):
+    """Channels-innermost columns and the shifted GEMM in float64: strides, padding 0-2/same/valid, dilation 1-2,
+    even/odd kernels."""
+    _check_functional(np_env, case, rng, bias=FORCED[conv_algorithm].index(case) % 2 == 0)
+    assert _took(conv_algorithm, case, rng)
+
+
+STRICT_FORCED = [(a, c) for a, cases in FORCED.items() for c in cases[::4]]
 
 
 @pytest.mark.parametrize("key", STRICT)
-@pytest.mark.parametrize("case", SHIFTED_CASES[::3], ids=_ids)
-def test_conv2d_shifted_gemm_matches_loop_reference_strict(case, key, rng, shifted):
+@pytest.mark.parametrize("conv_algorithm, case", STRICT_FORCED, indirect=["conv_algorithm"],
+                         ids=[f"{a}-{_ids(c)}" for a, c in STRICT_FORCED])
+def test_conv2d_forced_path_matches_loop_reference_strict(conv_algorithm, case, key, rng):
     _check_functional(make_env(key), case, rng)
 
 
-def test_conv2d_auto_takes_shifted_gemm_only_where_measured_faster(rng):
-    """auto: shifted for stride 1, groups 1, >= 32 channels, padded grid <= 1.3x the output; else im2col."""
-    def algo(xs, ws, stride=1, groups=1):
+def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
+    """auto: channels-innermost columns for groups 1 and >= 16 channels, else ow-innermost; backward by shifted
+    GEMM for stride 1, groups 1, >= 32 channels and a padded grid <= 1.2x the output."""
+    def paths(xs, ws, stride=1, groups=1):
         y, ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, stride, 1, 1, groups)
-        return ctx.algorithm
-    assert algo((1, 32, 16, 16), (8, 32, 3, 3)) == "shifted"
-    assert algo((1, 32, 8, 8), (8, 32, 3, 3)) == "im2col"         # 10x10 grid for 8x8 outputs: 1.56x
-    assert algo((1, 16, 16, 16), (8, 16, 3, 3)) == "im2col"       # few channels
-    assert algo((1, 32, 16, 16), (8, 32, 3, 3), stride=2) == "im2col"
-    assert algo((1, 32, 16, 16), (8, 16, 3, 3), groups=2) == "im2col"
+        return ctx.algorithm, conv_module.backward_algorithm(ctx)
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "shifted")  # 34x34 grid: 1.13x
+    assert paths((1, 32, 16, 16), (8, 32, 3, 3)) == ("im2col_nhwc", "im2col_nhwc")  # 18x18 grid: 1.27x
+    assert paths((1, 16, 32, 32), (8, 16, 3, 3)) == ("im2col_nhwc", "im2col_nhwc")  # < 32 channels
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col", "im2col")              # few channels
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
+    assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")
     try:
-        assert algo((1, 32, 16, 16), (8, 32, 3, 3)) == "im2col"
+        assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col", "im2col")
     finally:
         xpcnn.config.set_conv_algorithm(None)
     with pytest.raises(ValueError):

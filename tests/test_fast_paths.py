@@ -48,11 +48,11 @@ def test_conv_fast_paths_match_portable(case, settings):
     config.set_workspace_limit(None)
     ref = _run(case, 7)
     for fast, limit, cache, algo in itertools.product([False, True], [1, 3000, 10 ** 9], [False, True],
-                                                      ["im2col", "shifted"]):
+                                                      ["im2col", "im2col_nhwc", "shifted"]):
         config.set_fast_paths(fast)
         config.set_workspace_limit(limit)  # 1 byte: one sample per chunk; 3000: some chunks of several
         config.set_cache_columns(cache)
-        config.set_conv_algorithm(algo)  # shifted GEMM where it applies (stride 1, groups 1)
+        config.set_conv_algorithm(algo)  # every path where it applies
         got = _run(case, 7)
         for a, r in zip(got, ref):
             np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-12, atol=1e-12,
@@ -126,12 +126,14 @@ def test_max_pool_fast_path_matches_portable(geom, special, settings):
 
 
 def test_workspace_limit_bounds_the_shifted_gemm_buffers(settings):
-    """The shifted GEMM chunks the batch too: padded grids of max(C, F) values per sample under the limit."""
+    """The shifted-GEMM backward chunks the batch too: padded grids of max(C, F) values per sample under the limit."""
+    from xpcnn.functional import conv as C
     config.set_conv_algorithm("shifted")
     config.set_workspace_limit(34 * 34 * 8 * 8 * 2)  # two samples' 34x34 grids of 8 float64 values
+    assert C._shifted_chunk(5, 34 * 34 * 8, 8) == 2
     x = np.ones((5, 4, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((8, 4, 3, 3)), None, 1, 1)
-    assert ctx.algorithm == "shifted" and ctx.nb == 2
+    assert C.backward_algorithm(ctx) == "shifted"
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
     dx, dw, _ = conv2d_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)

@@ -53,13 +53,15 @@ def get_fast_paths() -> bool:
 
 
 _conv_algorithm = "auto"
-_CONV_ALGORITHMS = ("auto", "im2col", "shifted")
+_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "shifted")
 
 
 def set_conv_algorithm(name: str | None) -> None:
-    """Stride-1, ungrouped convolutions: ``"auto"`` (default: shifted GEMM on the shapes where it measured
-    faster, see ``functional.conv``), ``"im2col"`` (always columns) or ``"shifted"`` (shifted GEMM whenever it
-    applies: stride 1, groups 1; tests use it to cover that path on small shapes). ``None`` restores "auto"."""
+    """How convolutions run: ``"auto"`` (default: the layouts and backward that measured fastest per shape, see
+    ``functional.conv``), ``"im2col"`` (ow-innermost columns, forward and backward), ``"im2col_nhwc"``
+    (channels-innermost columns for every ungrouped convolution) or ``"shifted"`` (backward by shifted GEMMs
+    wherever it applies: stride 1, groups 1). Tests use them to cover each path on small shapes; ``None``
+    restores "auto"."""
     global _conv_algorithm
     name = "auto" if name is None else name
     if name not in _CONV_ALGORITHMS:

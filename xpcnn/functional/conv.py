@@ -1,13 +1,19 @@
-"""2-D convolution by im2col + one GEMM, and its backward by col2im.
+"""2-D convolution by im2col + one GEMM, and its backward by col2im or by shifted GEMMs.
 
-Column layout ``(C, kh, kw, N, oh, ow)``: each of the kh*kw kernel offsets is one
-strided-slice copy, and the three GEMMs of forward and backward are plain 2-D
-products ``W(F, K) @ col(K, P)``, ``dY(F, P) @ col.T`` and ``W.T @ dY`` with
-``K = C/groups*kh*kw`` and ``P = N*oh*ow`` (a batch over groups when groups > 1).
+Two column layouts, both built by kh*kw strided-slice copies per batch chunk of ~2 MiB
+(:data:`CHUNK_TARGET`, cache-resident between the copies and the GEMMs):
 
-Stride-1, ungrouped convolutions with >= 32 channels and little padding (``_use_shifted``) skip the columns:
-"shifted GEMM" (implicit im2col) sums kh*kw products of contiguous row slices of the padded channels-last
-input. vgg-small training step, interleaved A/B in one process: 0.93-0.95x (1 thread), 0.88-0.97x (2 threads).
+- "im2col_nhwc", ungrouped convolutions with >= 16 channels: rows ``(N*oh*ow, kh*kw*C)``, channels innermost,
+  copied straight from the channels-last input (no padded copy); ``y = col @ W(K, F)`` is already
+  channels-last. vgg-small training step against the shifted GEMM forward it replaced: 0.93x (1 thread),
+  0.89x (2 threads), interleaved A/B.
+- "im2col", few channels or groups: ``(G, kh, kw, C/G, N, oh, ow)``, ow innermost (copies of C = 1 to 6
+  values per position would be far slower), a batch over groups when groups > 1.
+
+Backward: ``dW = col.T @ dY``, ``dcol = dY @ W.T`` and col2im, except at stride 1, groups 1, >= 32 channels
+and little padding (:func:`_use_shifted`): there the "shifted GEMM" (implicit im2col) sums kh*kw products of
+contiguous row slices of the padded channels-last input and gradient, no columns (measured faster on 32x32
+images, slower on 8x8 and 16x16 ones).
 """
 from __future__ import annotations
 
@@ -120,6 +126,20 @@ def _im2col_kmajor(xpad, col, stride, dilation):
     return col if m == col.shape[4] else col[:, :, :, :, 0:m, :, :]
 
 
+def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
+    """im2col of samples ``n0:n0+m`` of the channels-last ``xh (N, H, W, C)`` into ``col (nb, oh, ow, kh, kw, C)``
+    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)``.
+
+    No padded copy of the input: each kernel offset copies only the window that lies inside the input
+    (:func:`_fold_offsets`); the rest of ``col`` is padding, zero from its allocation and never written.
+    """
+    xp = array_namespace(xh)
+    for i, j, rows, cols, in_rows, in_cols in offsets:
+        col[0:m, rows, cols, i, j, :] = xh[n0:n0 + m, in_rows, in_cols, :]
+    nb, oh, ow, kh, kw, c = col.shape
+    return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow, kh * kw * c))
+
+
 def _clip(o: int, off: int, pad: int, s: int, size: int) -> tuple[int, int, int]:
     """Outputs ``[lo, hi)`` of one kernel offset whose input ``o*s + off - pad`` lies in ``[0, size)``; first input."""
     lo = max(0, -(-(pad - off) // s))
@@ -185,6 +205,23 @@ def _col2im_kmajor(dcol, dx, n0, pads, stride, dilation):
     return dx
 
 
+def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int, oh: int, ow: int, nb: int):
+    """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
+    ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused
+    from one call to the next."""
+    n, c, h, w = x.shape
+    _, cg, kh, kw = w_shape
+    dev = device(x)
+    if algorithm == "im2col_nhwc":
+        offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
+        xh = xp.permute_dims(x, (0, 2, 3, 1))
+        col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
+        return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
+    pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
+    col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
+    return lambda n0, n1: _im2col_kmajor(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
+
+
 def _weight_kf(xp, weight, groups: int):
     """``(F, C/G, kh, kw)`` -> ``(K, F)`` (groups == 1) or ``(G, K, F/G)``, K ordered (kh, kw, C/G) as the columns."""
     f, cg, kh, kw = weight.shape
@@ -204,17 +241,35 @@ def _gemm_forward(xp, col, wk, groups: int):
     return xp.reshape(xp.permute_dims(y, (1, 0, 2)), (p, g * wk.shape[2]))
 
 
-SHIFTED_MIN_CHANNELS = 32   # C from which "auto" uses the shifted GEMM (measured, see _use_shifted)
-SHIFTED_MAX_GRID = 1.3      # largest padded-grid / output-grid area ratio for it (work spent on padding rows)
+SHIFTED_MIN_CHANNELS = 32   # C from which "auto" uses the shifted-GEMM backward (measured, see _use_shifted)
+SHIFTED_MAX_GRID = 1.2      # largest padded-grid / output-grid area ratio for it (work spent on padding rows)
+
+
+def _shifted_chunk(n: int, sample_values: int, itemsize: int) -> int:
+    """Samples per chunk of the shifted GEMM: padded grids of max(C, F) values (input and gradient rows) within
+    the workspace limit and :data:`CHUNK_TARGET`, at least 1."""
+    limit = min(config.get_workspace_limit(), CHUNK_TARGET)
+    return max(1, min(n, limit // (sample_values * itemsize)))
 
 
 def _use_shifted(c: int, groups: int, stride, hp: int, wp: int, oh: int, ow: int) -> bool:
-    """Shifted GEMM (implicit im2col) for this convolution? Only at stride 1 and groups 1; under "auto" only
-    with many channels and little padding overhead."""
+    """Backward by shifted GEMMs (implicit im2col)? Only at stride 1 and groups 1; under "auto" only with many
+    channels and little padding overhead. Against the columns' backward (ms, 1 / 2 threads, N=128, 3x3 pad 1):
+    C=32 32x32 F=32 133 vs 172 / 179 vs 209; F=64 220 vs 248 / 255 vs 235 (noisy); C=64 16x16 120 vs 128 /
+    120 vs 102; C=128 8x8 137 vs 103 / 95 vs 67."""
     algo = config.get_conv_algorithm()
-    if algo == "im2col" or groups != 1 or stride != (1, 1):
+    if algo in ("im2col", "im2col_nhwc") or groups != 1 or stride != (1, 1):
         return False
     return algo == "shifted" or (c >= SHIFTED_MIN_CHANNELS and hp * wp <= SHIFTED_MAX_GRID * oh * ow)
+
+
+def _column_layout(c: int, groups: int) -> str:
+    """The forward's columns: "im2col_nhwc" (channels innermost) for ungrouped convolutions with >= 16 channels,
+    else "im2col" (ow innermost); :func:`xpcnn.config.set_conv_algorithm` can force either (groups: "im2col")."""
+    algo = config.get_conv_algorithm()
+    if algo in ("im2col", "im2col_nhwc"):
+        return algo if groups == 1 else "im2col"
+    return "im2col_nhwc" if groups == 1 and c >= CHANNELS_LAST_MIN else "im2col"
 
 
 def _shift_rows(kh: int, kw: int, dilation, wp: int) -> list[int]:
@@ -233,32 +288,10 @@ def _pad_rows(xp, x, n0: int, n1: int, pads, buf):
     return xp.reshape(buf, (buf.shape[0] * buf.shape[1] * buf.shape[2], buf.shape[3]))
 
 
-def _shifted_forward(xp, x, wk, pads, dilation, kh, kw, oh, ow, nb):
-    """Stride-1, groups-1 convolution as a sum of kh*kw shifted GEMMs on the padded channels-last rows
-    ``X (N*Hp*Wp, C)``: ``Y_full[r] = sum_ij X[r + s_ij] @ W_ij``; the output is ``Y_full`` on the valid
-    ``(oh, ow)`` corner of each sample's ``(Hp, Wp)`` grid. No columns; returns ``y (N, oh, ow, F)``."""
-    n, c, h, w = x.shape
-    f = wk.shape[1]
-    dev = device(x)
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    shifts = _shift_rows(kh, kw, dilation, wp)
-    wt = [wk[t * c:(t + 1) * c, :] for t in range(kh * kw)]
-    buf = xp.zeros((nb + 1, hp, wp, c), dtype=x.dtype, device=dev)
-    y = xp.empty((n, oh, ow, f), dtype=x.dtype, device=dev)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        rows = _pad_rows(xp, x, n0, n1, pads, buf)
-        t_rows = (n1 - n0) * hp * wp
-        acc = rows[0:t_rows, :] @ wt[0]
-        for t in range(1, kh * kw):
-            s = shifts[t]
-            acc += rows[s:s + t_rows, :] @ wt[t]
-        y[n0:n1, ...] = xp.reshape(acc, (n1 - n0, hp, wp, f))[:, 0:oh, 0:ow, :]
-    return y
-
-
 def _shifted_backward(xp, x, dyh, wk, pads, dilation, kh, kw, oh, ow, nb, need_dx):
-    """Gradients of :func:`_shifted_forward`: with ``dY_full`` (dy on the full padded grid, zero elsewhere),
+    """Gradients of the convolution ``Y_full[r] = sum_ij X[r + s_ij] @ W_ij`` on the padded channels-last rows
+    ``X (N*Hp*Wp, C)`` (stride 1, groups 1; the output is the valid ``(oh, ow)`` corner of each sample's grid):
+    with ``dY_full`` (dy on the full padded grid, zero elsewhere),
     ``dW_ij = X[s_ij:].T @ dY_full`` and ``dX_full[s_ij:] += dY_full @ W_ij.T``, cropped to the input.
     Returns ``(dwk (kh*kw*C, F), dx (N, H, W, C) or None)``."""
     n, c, h, w = x.shape
@@ -294,7 +327,7 @@ class ConvContext(NamedTuple):
     x: Any
     weight: Any
     wk: Any                 # the weight as (kh*kw*C/G, F) rows (or (G, K, F/G)), ordered as the columns
-    algorithm: str          # "im2col" or "shifted"
+    algorithm: str          # the forward's column layout: "im2col" or "im2col_nhwc"
     cols: Any               # the forward's columns when column caching kept them, else None
     pads: tuple
     stride: tuple
@@ -309,10 +342,9 @@ class ConvContext(NamedTuple):
 def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1):
     """Convolution (cross-correlation, as in PyTorch). Returns ``(y, ctx)`` for :func:`conv2d_backward`.
 
-    Stride-1 ungrouped convolutions with many channels use the shifted GEMM (:func:`_shifted_forward`, chosen
-    by :func:`_use_shifted`); the others use im2col. Columns ``(kh*kw*C, N*oh*ow)`` (ow innermost: the fastest im2col copies), transposed, times the weight
-    ``(kh*kw*C, F)`` give the output channels-last ``(N, oh, ow, F)``; ``y`` is its NCHW view (no copy). The batch is processed in
-    chunks whose column buffer fits :func:`xpcnn.config.get_workspace_limit`; backward recomputes the
+    Columns in the layout :func:`_column_layout` picks, times the weight ``(kh*kw*C, F)``, give the output
+    channels-last ``(N, oh, ow, F)``; ``y`` is its NCHW view (no copy). The batch is processed in chunks whose
+    column buffer fits :func:`xpcnn.config.get_workspace_limit`; backward recomputes the
     columns from ``x`` (unless column caching is on and one chunk holds the whole batch).
     """
     xp = array_namespace(x, weight)
@@ -321,35 +353,35 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     f, cg, kh, kw = weight.shape
     dev = device(x)
     wk = _weight_kf(xp, weight, groups)
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    if _use_shifted(c, groups, stride, hp, wp, oh, ow):
-        # padded input and full-grid output rows per ~CHUNK_TARGET chunk instead of columns (nothing to cache)
-        limit = min(config.get_workspace_limit(), CHUNK_TARGET)
-        nb = max(1, min(n, limit // (hp * wp * max(c, f) * _itemsize(xp, x.dtype))))
-        y = xp.reshape(_shifted_forward(xp, x, wk, pads, dilation, kh, kw, oh, ow, nb), (n * oh * ow, f))
-        if bias is not None:
-            y = add_rows_bias(xp, y, bias, ow)
-        ctx = ConvContext(x, weight, wk, "shifted", None, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
-        return xp.permute_dims(xp.reshape(y, (n, oh, ow, f)), (0, 3, 1, 2)), ctx
+    algorithm = _column_layout(c, groups)
     nb = _batch_chunk(n, oh * ow * kh * kw * c, _itemsize(xp, x.dtype))
-    pbuf = xp.zeros((nb, c, hp, wp), dtype=x.dtype, device=dev)
-    col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
-    y = None if nb >= n else xp.empty((n, oh, ow, f), dtype=x.dtype, device=dev)
+    columns = _columns(xp, x, weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
+    y = None if nb >= n else xp.empty((n * oh * ow, f), dtype=x.dtype, device=dev)
     for n0 in range(0, n, nb):
         n1 = min(n, n0 + nb)
-        cm = _im2col_kmajor(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
-        ym = _gemm_forward(xp, cm, wk, groups)
+        cm = columns(n0, n1)
+        ym = cm @ wk if algorithm == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
         if y is None:
             y = ym
         else:
-            y[n0:n1, ...] = xp.reshape(ym, (n1 - n0, oh, ow, f))
+            y[n0 * oh * ow:n1 * oh * ow, :] = ym
     y = xp.reshape(y, (n * oh * ow, f))
     if bias is not None:
         y = add_rows_bias(xp, y, bias, ow)
     y = xp.reshape(y, (n, oh, ow, f))
-    cached = col if (config.get_cache_columns() and nb >= n) else None
-    ctx = ConvContext(x, weight, wk, "im2col", cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
+    cached = cm if (config.get_cache_columns() and nb >= n) else None
+    ctx = ConvContext(x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
+
+
+def backward_algorithm(ctx: ConvContext) -> str:
+    """The algorithm :func:`conv2d_backward` takes for ``ctx``: the shifted GEMM where :func:`_use_shifted` says
+    so and no cached columns are there to reuse, else the columns of the forward's layout."""
+    x, pads = ctx.x, ctx.pads
+    hp, wp = x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3]
+    if ctx.cols is None and _use_shifted(x.shape[1], ctx.groups, ctx.stride, hp, wp, ctx.oh, ctx.ow):
+        return "shifted"
+    return ctx.algorithm
 
 
 def conv2d_backward(dy, ctx):
@@ -371,28 +403,30 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     dev = device(dy)
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
-    if algorithm == "shifted":
+    if backward_algorithm(ctx) == "shifted":
+        hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+        nb = _shifted_chunk(n, hp * wp * max(c, f), _itemsize(xp, x.dtype))
         dwk, dxh = _shifted_backward(xp, x, xp.reshape(dyh, (n, oh, ow, f)), wk, pads, dilation, kh, kw, oh, ow,
                                      nb, need_dx)
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
         return (None if dxh is None else xp.permute_dims(dxh, (0, 3, 1, 2))), dw, db
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
-    clast = cg >= CHANNELS_LAST_MIN
+    clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dx else None
     if cached is None:
-        pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
-        col = xp.empty((g, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
+        columns = _columns(xp, x, weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
     wkt = xp.matrix_transpose(wk)
     dwk = None
     for n0 in range(0, n, nb):
         n1 = min(n, n0 + nb)
         m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
-        if cached is None:
-            cm = _im2col_kmajor(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
-        else:
-            cm = cached
+        cm = columns(n0, n1) if cached is None else cached
         dym = dyh[p0:p1, :]
-        if g == 1:
+        if algorithm == "im2col_nhwc":
+            part = xp.matrix_transpose(cm) @ dym  # (K, F)
+            if need_dx:
+                dcol = dym @ wkt  # (P, K)
+        elif g == 1:
             part = xp.reshape(cm, (k, p1 - p0)) @ dym  # (K, F)
             if need_dx:
                 dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
