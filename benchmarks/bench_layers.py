@@ -3,6 +3,9 @@
     python benchmarks/bench_layers.py                 # all shapes, threads as the BLAS default
     python benchmarks/bench_layers.py --threads 1 --reps 15
 
+Inputs are in the memory layout the layer sees inside a model: channels-last (what every xpcnn op returns),
+except the first layers of LeNet and vgg-small, which get the user's NCHW array.
+
 For each conv shape it times ``conv2d_forward`` and ``conv2d_backward`` and, in
 the same interleaved loop, the floor: the three plain NumPy matmuls of the same
 GEMM shapes on ready, contiguous operands (forward ``W(F,K) @ col(K,P)``; weight
@@ -31,6 +34,7 @@ CONV_SHAPES = [
     (128, 128, 8, 128, 3, 1, 1),  # vgg-small conv6
     (64, 64, 32, 64, 3, 2, 1),    # strided
 ]
+FIRST_LAYERS = {(128, 1, 28, 6, 5, 1, 2), (128, 3, 32, 32, 3, 1, 1)}  # fed the user's NCHW array in a model
 # N, C, H(=W), k, stride, pad
 POOL_SHAPES = [
     (128, 6, 28, 2, 2, 0),        # lenet pool1
@@ -50,6 +54,8 @@ def bench_conv(shape, reps, dtype=np.float32):
     n, c, hw, f, k, s, p = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, hw, hw)).astype(dtype)
+    if shape not in FIRST_LAYERS:  # a layer inside a model gets the channels-last memory every xpcnn op returns
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     w = (rng.standard_normal((f, c, k, k)) * 0.1).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
     y, ctx = conv2d_forward(x, w, b, s, p)
@@ -82,9 +88,10 @@ def bench_pool(shape, reps, dtype=np.float32):
     from xpcnn.functional import max_pool2d_backward, max_pool2d_forward
     n, c, hw, k, s, p = shape
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, c, hw, hw)).astype(dtype)
+    x = np.ascontiguousarray(rng.standard_normal((n, hw, hw, c)).astype(dtype)).transpose(0, 3, 1, 2)  # channels-last
     y, ctx = max_pool2d_forward(x, k, s, p)
-    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy = np.empty_like(y)  # the output's layout, as in a model's backward
+    dy[...] = rng.standard_normal(y.shape).astype(dtype)
     tf, tb = [], []
     for _ in range(reps + 1):
         a, (y, ctx) = _t(lambda: max_pool2d_forward(x, k, s, p))
