@@ -91,10 +91,16 @@ def test_conv2d_matches_loop_reference_strict(case, key, rng):
     _check_functional(make_env(key), case, rng)
 
 
-# Paths that "auto" takes only on large shapes, forced on the grid: channels-innermost columns (groups 1) and
-# the shifted-GEMM backward (stride 1, groups 1).
+# Paths forced on the grid: channels-innermost columns with col2im (groups 1), and the input gradient as a
+# transposed convolution (stride 1, groups 1, padding within the dilated kernel), also after ow-innermost columns.
+def _transposable(case):
+    """Stride 1, groups 1 and no side padded beyond the dilated kernel: the transposed gradient applies."""
+    pads, dil = _data(case, np.random.default_rng(0))[5:]
+    return case[0] == 1 and case[2] == 1 and conv_module._transposed_pads(pads, case[1], dil) is not None
+
+
 FORCED = {"im2col_nhwc": [c for c in GRID if c[0] == 1],
-          "shifted": [c for c in GRID if c[0] == 1 and c[2] == 1]}
+          "transposed": [c for c in GRID if _transposable(c)]}
 FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
 
@@ -115,8 +121,8 @@ def _took(algo, case, rng):
 @pytest.mark.parametrize("conv_algorithm, case", FORCED_CASES, indirect=["conv_algorithm"],
                          ids=[f"{a}-{_ids(c)}" for a, c in FORCED_CASES])
 def test_conv2d_forced_path_matches_loop_reference_numpy(conv_algorithm, case, np_env, rng):
-    """Channels-innermost columns and the shifted GEMM in float64: strides, padding 0-2/same/valid, dilation 1-2,
-    even/odd kernels."""
+    """Channels-innermost columns and the transposed-convolution input gradient in float64: strides, padding
+    0-2/same/valid, dilation 1-2, even/odd kernels."""
     _check_functional(np_env, case, rng, bias=FORCED[conv_algorithm].index(case) % 2 == 0)
     assert _took(conv_algorithm, case, rng)
 
@@ -132,14 +138,13 @@ def test_conv2d_forced_path_matches_loop_reference_strict(conv_algorithm, case, 
 
 
 def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
-    """auto: channels-innermost columns for groups 1 and >= 16 channels, else ow-innermost; backward by shifted
-    GEMM for stride 1, groups 1, >= 32 channels and a padded grid <= 1.2x the output."""
+    """auto: channels-innermost columns for groups 1 and >= 16 channels, else ow-innermost; the input gradient
+    as a transposed convolution after channels-innermost columns at stride 1, else col2im."""
     def paths(xs, ws, stride=1, groups=1):
         y, ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, stride, 1, 1, groups)
         return ctx.algorithm, conv_module.backward_algorithm(ctx)
-    assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "shifted")  # 34x34 grid: 1.13x
-    assert paths((1, 32, 16, 16), (8, 32, 3, 3)) == ("im2col_nhwc", "im2col_nhwc")  # 18x18 grid: 1.27x
-    assert paths((1, 16, 32, 32), (8, 16, 3, 3)) == ("im2col_nhwc", "im2col_nhwc")  # < 32 channels
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "transposed")
+    assert paths((1, 16, 16, 16), (8, 16, 3, 3)) == ("im2col_nhwc", "transposed")
     assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col", "im2col")              # few channels
     assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")

@@ -48,7 +48,7 @@ def test_conv_fast_paths_match_portable(case, settings):
     config.set_workspace_limit(None)
     ref = _run(case, 7)
     for fast, limit, cache, algo in itertools.product([False, True], [1, 3000, 10 ** 9], [False, True],
-                                                      ["im2col", "im2col_nhwc", "shifted"]):
+                                                      ["im2col", "im2col_nhwc", "transposed"]):
         config.set_fast_paths(fast)
         config.set_workspace_limit(limit)  # 1 byte: one sample per chunk; 3000: some chunks of several
         config.set_cache_columns(cache)
@@ -125,15 +125,17 @@ def test_max_pool_fast_path_matches_portable(geom, special, settings):
     np.testing.assert_array_equal(out[1][1], out[0][1])
 
 
-def test_workspace_limit_bounds_the_shifted_gemm_buffers(settings):
-    """The shifted-GEMM backward chunks the batch too: padded grids of max(C, F) values per sample under the limit."""
+def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
+    """The input gradient as a transposed convolution chunks its columns like a forward: (kh*kw*F) values per
+    output pixel under the limit."""
     from xpcnn.functional import conv as C
-    config.set_conv_algorithm("shifted")
-    config.set_workspace_limit(34 * 34 * 8 * 8 * 2)  # two samples' 34x34 grids of 8 float64 values
-    assert C._shifted_chunk(5, 34 * 34 * 8, 8) == 2
+    config.set_workspace_limit(32 * 32 * 9 * 8 * 8 * 2)  # two samples' columns of the gradient, float64
     x = np.ones((5, 4, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((8, 4, 3, 3)), None, 1, 1)
-    assert C.backward_algorithm(ctx) == "shifted"
+    assert C.backward_algorithm(ctx) == "im2col"  # 4 channels: ow-innermost columns and col2im under auto
+    config.set_conv_algorithm("transposed")
+    assert C.backward_algorithm(ctx) == "transposed"
+    assert C._batch_chunk(5, 32 * 32 * 9 * 8, 8) == 2
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
     dx, dw, _ = conv2d_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)

@@ -53,15 +53,15 @@ def get_fast_paths() -> bool:
 
 
 _conv_algorithm = "auto"
-_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "shifted")
+_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "transposed")
 
 
 def set_conv_algorithm(name: str | None) -> None:
     """How convolutions run: ``"auto"`` (default: the layouts and backward that measured fastest per shape, see
     ``functional.conv``), ``"im2col"`` (ow-innermost columns, forward and backward), ``"im2col_nhwc"``
-    (channels-innermost columns for every ungrouped convolution) or ``"shifted"`` (backward by shifted GEMMs
-    wherever it applies: stride 1, groups 1). Tests use them to cover each path on small shapes; ``None``
-    restores "auto"."""
+    (channels-innermost columns for every ungrouped convolution, input gradient by col2im) or ``"transposed"``
+    (the input gradient as a transposed convolution wherever it applies: stride 1, groups 1). Tests use them to
+    cover each path on small shapes; ``None`` restores "auto"."""
     global _conv_algorithm
     name = "auto" if name is None else name
     if name not in _CONV_ALGORITHMS:

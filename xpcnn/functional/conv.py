@@ -1,4 +1,4 @@
-"""2-D convolution by im2col + one GEMM, and its backward by col2im or by shifted GEMMs.
+"""2-D convolution by im2col + one GEMM; its backward by col2im or, at stride 1, as a transposed convolution.
 
 Two column layouts, both built by kh*kw strided-slice copies per batch chunk of ~2 MiB
 (:data:`CHUNK_TARGET`, cache-resident between the copies and the GEMMs):
@@ -10,10 +10,11 @@ Two column layouts, both built by kh*kw strided-slice copies per batch chunk of 
 - "im2col", few channels or groups: ``(G, kh, kw, C/G, N, oh, ow)``, ow innermost (copies of C = 1 to 6
   values per position would be far slower), a batch over groups when groups > 1.
 
-Backward: ``dW = col.T @ dY``, ``dcol = dY @ W.T`` and col2im, except at stride 1, groups 1, >= 32 channels
-and little padding (:func:`_use_shifted`): there the "shifted GEMM" (implicit im2col) sums kh*kw products of
-contiguous row slices of the padded channels-last input and gradient, no columns (measured faster on 32x32
-images, slower on 8x8 and 16x16 ones).
+Backward: ``dW = col.T @ dY`` from recomputed columns. The input gradient is ``dcol = dY @ W.T`` folded back by
+col2im, except for channels-innermost convolutions at stride 1 (:func:`_use_transposed`): there it is the
+forward convolution of ``dY`` with the flipped, transposed weight ("transposed"), which runs the forward's fast
+GEMM (K = kh*kw*F) instead of a short one (K = F) and needs no col2im: vgg-small conv backward, 1 thread,
+32->32 at 32x32 82.7 -> 60.5 ms, 64->64 at 16x16 51.3 -> 43.1 ms, no slower elsewhere.
 """
 from __future__ import annotations
 
@@ -241,28 +242,6 @@ def _gemm_forward(xp, col, wk, groups: int):
     return xp.reshape(xp.permute_dims(y, (1, 0, 2)), (p, g * wk.shape[2]))
 
 
-SHIFTED_MIN_CHANNELS = 32   # C from which "auto" uses the shifted-GEMM backward (measured, see _use_shifted)
-SHIFTED_MAX_GRID = 1.2      # largest padded-grid / output-grid area ratio for it (work spent on padding rows)
-
-
-def _shifted_chunk(n: int, sample_values: int, itemsize: int) -> int:
-    """Samples per chunk of the shifted GEMM: padded grids of max(C, F) values (input and gradient rows) within
-    the workspace limit and :data:`CHUNK_TARGET`, at least 1."""
-    limit = min(config.get_workspace_limit(), CHUNK_TARGET)
-    return max(1, min(n, limit // (sample_values * itemsize)))
-
-
-def _use_shifted(c: int, groups: int, stride, hp: int, wp: int, oh: int, ow: int) -> bool:
-    """Backward by shifted GEMMs (implicit im2col)? Only at stride 1 and groups 1; under "auto" only with many
-    channels and little padding overhead. Against the columns' backward (ms, 1 / 2 threads, N=128, 3x3 pad 1):
-    C=32 32x32 F=32 133 vs 172 / 179 vs 209; F=64 220 vs 248 / 255 vs 235 (noisy); C=64 16x16 120 vs 128 /
-    120 vs 102; C=128 8x8 137 vs 103 / 95 vs 67."""
-    algo = config.get_conv_algorithm()
-    if algo in ("im2col", "im2col_nhwc") or groups != 1 or stride != (1, 1):
-        return False
-    return algo == "shifted" or (c >= SHIFTED_MIN_CHANNELS and hp * wp <= SHIFTED_MAX_GRID * oh * ow)
-
-
 def _column_layout(c: int, groups: int) -> str:
     """The forward's columns: "im2col_nhwc" (channels innermost) for ungrouped convolutions with >= 16 channels,
     else "im2col" (ow innermost); :func:`xpcnn.config.set_conv_algorithm` can force either (groups: "im2col")."""
@@ -270,56 +249,6 @@ def _column_layout(c: int, groups: int) -> str:
     if algo in ("im2col", "im2col_nhwc"):
         return algo if groups == 1 else "im2col"
     return "im2col_nhwc" if groups == 1 and c >= CHANNELS_LAST_MIN else "im2col"
-
-
-def _shift_rows(kh: int, kw: int, dilation, wp: int) -> list[int]:
-    """Row shift of each kernel offset ``(i, j)`` (order i, j) in the flattened padded grid."""
-    return [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
-
-
-def _pad_rows(xp, x, n0: int, n1: int, pads, buf):
-    """Samples ``n0:n1`` zero-padded channels-last into ``buf (nb + 1, Hp, Wp, C)``, returned as the rows
-    ``((nb + 1)*Hp*Wp, C)``. The samples after them (never written: zero, or a previous chunk's) only give the
-    last shifted slices their tail: they reach full-grid rows outside every sample's valid corner."""
-    top, _, left, _ = pads
-    h, w = x.shape[2], x.shape[3]
-    m = n1 - n0
-    buf[0:m, top:top + h, left:left + w, :] = xp.permute_dims(x[n0:n1, ...], (0, 2, 3, 1))
-    return xp.reshape(buf, (buf.shape[0] * buf.shape[1] * buf.shape[2], buf.shape[3]))
-
-
-def _shifted_backward(xp, x, dyh, wk, pads, dilation, kh, kw, oh, ow, nb, need_dx):
-    """Gradients of the convolution ``Y_full[r] = sum_ij X[r + s_ij] @ W_ij`` on the padded channels-last rows
-    ``X (N*Hp*Wp, C)`` (stride 1, groups 1; the output is the valid ``(oh, ow)`` corner of each sample's grid):
-    with ``dY_full`` (dy on the full padded grid, zero elsewhere),
-    ``dW_ij = X[s_ij:].T @ dY_full`` and ``dX_full[s_ij:] += dY_full @ W_ij.T``, cropped to the input.
-    Returns ``(dwk (kh*kw*C, F), dx (N, H, W, C) or None)``."""
-    n, c, h, w = x.shape
-    f = wk.shape[1]
-    dev = device(x)
-    top, left = pads[0], pads[2]
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    shifts = _shift_rows(kh, kw, dilation, wp)
-    wkt = [xp.matrix_transpose(wk[t * c:(t + 1) * c, :]) for t in range(kh * kw)]
-    buf = xp.zeros((nb + 1, hp, wp, c), dtype=x.dtype, device=dev)
-    dyf = xp.zeros((nb, hp, wp, f), dtype=x.dtype, device=dev)
-    dw = xp.zeros((kh * kw, c, f), dtype=x.dtype, device=dev)
-    dx = xp.empty((n, h, w, c), dtype=x.dtype, device=dev) if need_dx else None
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        m = n1 - n0
-        rows = _pad_rows(xp, x, n0, n1, pads, buf)
-        dyf[0:m, 0:oh, 0:ow, :] = dyh[n0:n1, ...]
-        t_rows = (m - 1) * hp * wp + (oh - 1) * wp + ow  # one past the last valid output row
-        d = xp.reshape(dyf, (nb * hp * wp, f))[0:t_rows, :]  # reads only samples 0:m
-        for t, s in enumerate(shifts):
-            dw[t, ...] += xp.matrix_transpose(rows[s:s + t_rows, :]) @ d
-        if need_dx:
-            dxf = xp.zeros(((m + 1) * hp * wp, c), dtype=x.dtype, device=dev)
-            for t, s in enumerate(shifts):
-                dxf[s:s + t_rows, :] += d @ wkt[t]
-            dx[n0:n1, ...] = xp.reshape(dxf[0:m * hp * wp, :], (m, hp, wp, c))[:, top:top + h, left:left + w, :]
-    return xp.reshape(dw, (kh * kw * c, f)), dx
 
 
 class ConvContext(NamedTuple):
@@ -339,6 +268,28 @@ class ConvContext(NamedTuple):
     has_bias: bool
 
 
+def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int):
+    """The convolution as channels-last rows ``(N*oh*ow, F)``, without bias; returns ``(rows, wk, layout, nb,
+    cols)``: the weight as ordered for the columns, the column layout, samples per chunk, and the last chunk's
+    columns (what column caching keeps when one chunk holds the batch)."""
+    n, c, h, w = x.shape
+    f, cg, kh, kw = weight.shape
+    wk = _weight_kf(xp, weight, groups)
+    layout = _column_layout(c, groups)
+    nb = _batch_chunk(n, oh * ow * kh * kw * c, _itemsize(xp, x.dtype))
+    columns = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb)
+    y = None if nb >= n else xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        cm = columns(n0, n1)
+        ym = cm @ wk if layout == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
+        if y is None:
+            y = ym
+        else:
+            y[n0 * oh * ow:n1 * oh * ow, :] = ym
+    return xp.reshape(y, (n * oh * ow, f)), wk, layout, nb, cm
+
+
 def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1):
     """Convolution (cross-correlation, as in PyTorch). Returns ``(y, ctx)`` for :func:`conv2d_backward`.
 
@@ -349,23 +300,8 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     """
     xp = array_namespace(x, weight)
     stride, dilation, pads, oh, ow = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    n, c, h, w = x.shape
-    f, cg, kh, kw = weight.shape
-    dev = device(x)
-    wk = _weight_kf(xp, weight, groups)
-    algorithm = _column_layout(c, groups)
-    nb = _batch_chunk(n, oh * ow * kh * kw * c, _itemsize(xp, x.dtype))
-    columns = _columns(xp, x, weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
-    y = None if nb >= n else xp.empty((n * oh * ow, f), dtype=x.dtype, device=dev)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        cm = columns(n0, n1)
-        ym = cm @ wk if algorithm == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
-        if y is None:
-            y = ym
-        else:
-            y[n0 * oh * ow:n1 * oh * ow, :] = ym
-    y = xp.reshape(y, (n * oh * ow, f))
+    n, f = x.shape[0], weight.shape[0]
+    y, wk, algorithm, nb, cm = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
     if bias is not None:
         y = add_rows_bias(xp, y, bias, ow)
     y = xp.reshape(y, (n, oh, ow, f))
@@ -374,20 +310,49 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
 
 
+def _transposed_pads(pads, kernel, dilation):
+    """Padding of the convolution of ``dY`` that gives ``dX`` at stride 1: ``d*(k-1) - p`` on each side (None
+    where a side is negative: padding wider than the dilated kernel)."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    top, bottom, left, right = pads
+    out = (dh * (kh - 1) - top, dh * (kh - 1) - bottom, dw * (kw - 1) - left, dw * (kw - 1) - right)
+    return out if min(out) >= 0 else None
+
+
+def _use_transposed(ctx) -> bool:
+    """Input gradient as a transposed convolution? Stride 1, groups 1, padding within the dilated kernel; under
+    "auto" only after a channels-innermost forward (measured faster there, see the module docstring)."""
+    algo = config.get_conv_algorithm()
+    if algo in ("im2col", "im2col_nhwc") or ctx.groups != 1 or ctx.stride != (1, 1):
+        return False
+    if _transposed_pads(ctx.pads, ctx.weight.shape[2:], ctx.dilation) is None:
+        return False
+    return algo == "transposed" or ctx.algorithm == "im2col_nhwc"
+
+
+def _transposed_dx(xp, dy, ctx):
+    """``dX`` of a stride-1 ungrouped convolution: ``dY`` convolved with the weight flipped in space and with its
+    channel axes swapped, ``W'[c, f, i, j] = W[f, c, kh-1-i, kw-1-j]``, padded ``d*(k-1) - p`` (the adjoint of
+    the forward). Channels-last ``(N, C, H, W)`` view."""
+    x, weight = ctx.x, ctx.weight
+    n, c, h, w = x.shape
+    wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
+    pads = _transposed_pads(ctx.pads, weight.shape[2:], ctx.dilation)
+    rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
+    return xp.permute_dims(xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
+
+
 def backward_algorithm(ctx: ConvContext) -> str:
-    """The algorithm :func:`conv2d_backward` takes for ``ctx``: the shifted GEMM where :func:`_use_shifted` says
-    so and no cached columns are there to reuse, else the columns of the forward's layout."""
-    x, pads = ctx.x, ctx.pads
-    hp, wp = x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3]
-    if ctx.cols is None and _use_shifted(x.shape[1], ctx.groups, ctx.stride, hp, wp, ctx.oh, ctx.ow):
-        return "shifted"
-    return ctx.algorithm
+    """How :func:`conv2d_backward` computes the input gradient for ``ctx``: "transposed" where
+    :func:`_use_transposed` says so, else by col2im from the forward's column layout."""
+    return "transposed" if _use_transposed(ctx) else ctx.algorithm
 
 
 def conv2d_backward(dy, ctx):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (dbias is None without bias).
 
-    Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, ``dcol = dY @ W.T``, col2im.
+    Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, ``dcol = dY @ W.T``, col2im; or, where
+    :func:`backward_algorithm` says "transposed", dx as one more (transposed) convolution.
     """
     return conv2d_backward_params(dy, ctx, need_dx=True)
 
@@ -403,16 +368,11 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     dev = device(dy)
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
-    if backward_algorithm(ctx) == "shifted":
-        hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-        nb = _shifted_chunk(n, hp * wp * max(c, f), _itemsize(xp, x.dtype))
-        dwk, dxh = _shifted_backward(xp, x, xp.reshape(dyh, (n, oh, ow, f)), wk, pads, dilation, kh, kw, oh, ow,
-                                     nb, need_dx)
-        dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
-        return (None if dxh is None else xp.permute_dims(dxh, (0, 3, 1, 2))), dw, db
+    transposed = need_dx and backward_algorithm(ctx) == "transposed"
+    need_dcol = need_dx and not transposed
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
-    dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dx else None
+    dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dcol else None
     if cached is None:
         columns = _columns(xp, x, weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
     wkt = xp.matrix_transpose(wk)
@@ -424,20 +384,20 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dym = dyh[p0:p1, :]
         if algorithm == "im2col_nhwc":
             part = xp.matrix_transpose(cm) @ dym  # (K, F)
-            if need_dx:
+            if need_dcol:
                 dcol = dym @ wkt  # (P, K)
         elif g == 1:
             part = xp.reshape(cm, (k, p1 - p0)) @ dym  # (K, F)
-            if need_dx:
+            if need_dcol:
                 dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
         else:
             dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
             part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
-            if need_dx:
+            if need_dcol:
                 dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
                         else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
         dwk = part if dwk is None else dwk + part
-        if not need_dx:
+        if not need_dcol:
             continue
         if clast:
             _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
@@ -447,6 +407,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
+    if transposed:
+        return _transposed_dx(xp, dy, ctx), dw, db
     if dx is None:
         return None, dw, db
     if clast:
