@@ -71,3 +71,34 @@ def set_conv_algorithm(name: str | None) -> None:
 
 def get_conv_algorithm() -> str:
     return _conv_algorithm
+
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Worker threads for the NumPy backend's ops inside a model step (``xpcnn.parallel``); ``None`` (default)
+    follows the BLAS thread count (threadpoolctl), 1 runs every op on the calling thread."""
+    global _num_threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"number of threads must be a positive int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int | None:
+    return _num_threads
+
+
+_keep_freed_memory = True
+
+
+def set_keep_freed_memory(flag: bool) -> None:
+    """Let the first NumPy model step raise glibc's malloc thresholds so that freed buffers are reused by the next
+    step instead of being returned to the kernel and page-faulted in again (``xpcnn.malloc``; default True).
+    Takes effect only before that first step."""
+    global _keep_freed_memory
+    _keep_freed_memory = bool(flag)
+
+
+def get_keep_freed_memory() -> bool:
+    return _keep_freed_memory

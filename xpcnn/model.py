@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from . import malloc, parallel
 from .backend import Backend, get_backend
 from .layers.module import Module
 
@@ -63,7 +64,10 @@ class Sequential(Module):
     def forward(self, x):
         """Run every layer; returns an array of the model's backend."""
         x = self._accept(x, "input")
-        with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
+        if self.backend.name == "numpy":
+            malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
+        # CuPy: allocate on the model's GPU, not the current one; NumPy: ops split over worker threads
+        with self.backend.activate(), parallel.step(self.backend.xp):
             for layer in self.layers:
                 x = layer.forward(x)
         self._ctx_ready = True
@@ -87,7 +91,7 @@ class Sequential(Module):
         stop = 0
         if not input_grad:
             stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
-        with self.backend.activate():
+        with self.backend.activate(), parallel.step(self.backend.xp):
             for i in range(len(self.layers) - 1, stop - 1, -1):
                 layer = self.layers[i]
                 if i == stop and not input_grad:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
-from .. import config, kernels
+from .. import config, kernels, parallel
 from ._util import add_rows_bias, conv_padding, empty_nchw, out_size, pair, rows_sum, window, window_key
 
 
@@ -270,24 +270,30 @@ class ConvContext(NamedTuple):
 
 def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int):
     """The convolution as channels-last rows ``(N*oh*ow, F)``, without bias; returns ``(rows, wk, layout, nb,
-    cols)``: the weight as ordered for the columns, the column layout, samples per chunk, and the last chunk's
-    columns (what column caching keeps when one chunk holds the batch)."""
+    cols)``: the weight as ordered for the columns, the column layout, samples per chunk, and the columns of the
+    batch when column caching is on and one chunk holds it (else None). Batch shards run on the
+    :mod:`~xpcnn.parallel` workers, each with its own column buffer."""
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
     wk = _weight_kf(xp, weight, groups)
     layout = _column_layout(c, groups)
     nb = _batch_chunk(n, oh * ow * kh * kw * c, _itemsize(xp, x.dtype))
-    columns = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb)
-    y = None if nb >= n else xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        cm = columns(n0, n1)
-        ym = cm @ wk if layout == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
-        if y is None:
-            y = ym
-        else:
-            y[n0 * oh * ow:n1 * oh * ow, :] = ym
-    return xp.reshape(y, (n * oh * ow, f)), wk, layout, nb, cm
+    parts = parallel.ranges(n)
+    if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
+        cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb)(0, n)
+        y = cm @ wk if layout == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
+        return y, wk, layout, nb, (cm if config.get_cache_columns() else None)
+    y = xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
+
+    def shard(a: int, b: int) -> None:
+        columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb)
+        for n0 in range(a, b, nb):
+            n1 = min(b, n0 + nb)
+            cm = columns(n0 - a, n1 - a)
+            y[n0 * oh * ow:n1 * oh * ow, :] = (cm @ wk if layout == "im2col_nhwc"
+                                               else _gemm_forward(xp, cm, wk, groups))
+    parallel.run(shard, parts)
+    return y, wk, layout, nb, None
 
 
 def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1):
@@ -301,11 +307,10 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     xp = array_namespace(x, weight)
     stride, dilation, pads, oh, ow = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     n, f = x.shape[0], weight.shape[0]
-    y, wk, algorithm, nb, cm = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
+    y, wk, algorithm, nb, cached = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
     if bias is not None:
         y = add_rows_bias(xp, y, bias, ow)
     y = xp.reshape(y, (n, oh, ow, f))
-    cached = cm if (config.get_cache_columns() and nb >= n) else None
     ctx = ConvContext(x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
 
@@ -373,36 +378,45 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dcol else None
-    if cached is None:
-        columns = _columns(xp, x, weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
     wkt = xp.matrix_transpose(wk)
-    dwk = None
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
-        cm = columns(n0, n1) if cached is None else cached
-        dym = dyh[p0:p1, :]
-        if algorithm == "im2col_nhwc":
-            part = xp.matrix_transpose(cm) @ dym  # (K, F)
-            if need_dcol:
-                dcol = dym @ wkt  # (P, K)
-        elif g == 1:
-            part = xp.reshape(cm, (k, p1 - p0)) @ dym  # (K, F)
-            if need_dcol:
-                dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
-        else:
-            dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
-            part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
-            if need_dcol:
-                dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
-                        else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
-        dwk = part if dwk is None else dwk + part
-        if not need_dcol:
-            continue
-        if clast:
-            _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
-        else:
-            _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
+
+    def shard(a: int, b: int):
+        """dW of samples ``a:b`` (and their dx, written into ``dx``), chunk by chunk."""
+        if cached is None:
+            columns = _columns(xp, x[a:b, ...], weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb)
+        dwk = None
+        for n0 in range(a, b, nb):
+            n1 = min(b, n0 + nb)
+            m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
+            cm = columns(n0 - a, n1 - a) if cached is None else cached
+            dym = dyh[p0:p1, :]
+            if algorithm == "im2col_nhwc":
+                part = xp.matrix_transpose(cm) @ dym  # (K, F)
+                if need_dcol:
+                    dcol = dym @ wkt  # (P, K)
+            elif g == 1:
+                part = xp.reshape(cm, (k, p1 - p0)) @ dym  # (K, F)
+                if need_dcol:
+                    dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
+            else:
+                dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
+                part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
+                if need_dcol:
+                    dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
+                            else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
+            dwk = part if dwk is None else dwk + part
+            if not need_dcol:
+                continue
+            if clast:
+                _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
+            else:
+                _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
+        return dwk
+
+    partials = parallel.run(shard, [(0, n)] if cached is not None else parallel.ranges(n))
+    dwk = partials[0]
+    for part in partials[1:]:
+        dwk = dwk + part
     if g == 1:
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:

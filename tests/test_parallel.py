@@ -1,0 +1,181 @@
+"""Intra-op worker threads (xpcnn.parallel) and the malloc setting (xpcnn.malloc) on the NumPy backend.
+
+Ops split over workers must give what the single-threaded ops give (float64, ~1e-12: only the order of
+the partial sums over shards differs), on every conv path, and the same bits on every rerun.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import config, malloc, parallel
+from xpcnn.functional import conv2d_backward, conv2d_forward
+from xpcnn.models import build_model
+
+
+@pytest.fixture
+def workers():
+    """``workers(n)``: enter a step with n worker threads (config.set_num_threads); restored afterwards."""
+    stack = []
+
+    def enter(n):
+        config.set_num_threads(n)
+        cm = parallel.step(np)
+        stack.append(cm)
+        return cm.__enter__()
+    yield enter
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
+    config.set_num_threads(None)
+    config.set_conv_algorithm(None)
+    config.set_workspace_limit(None)
+
+
+def _needs_threadpoolctl():
+    pytest.importorskip("threadpoolctl", reason="worker threads run only where threadpoolctl can set BLAS to 1 thread")
+
+
+def test_ranges_split_the_batch_into_contiguous_shards(workers):
+    assert parallel.ranges(10) == [(0, 10)]  # outside a step: one shard
+    _needs_threadpoolctl()
+    assert workers(3) == 3 and parallel.workers() == 3
+    assert parallel.ranges(10) == [(0, 4), (4, 7), (7, 10)]
+    assert parallel.ranges(2) == [(0, 1), (1, 2)]
+    assert parallel.ranges(1) == [(0, 1)]
+    assert parallel.ranges(10, min_size=4) == [(0, 5), (5, 10)]
+
+
+def test_run_keeps_shard_order_uses_threads_and_reraises(workers):
+    _needs_threadpoolctl()
+    workers(2)
+    seen = []
+
+    def fn(a, b):
+        seen.append(threading.current_thread().name)
+        return (a, b)
+    assert parallel.run(fn, [(0, 3), (3, 5), (5, 9)]) == [(0, 3), (3, 5), (5, 9)]
+    assert threading.current_thread().name in seen and any(s.startswith("xpcnn") for s in seen)
+
+    def boom(a, b):
+        if a:
+            raise ValueError(f"shard {a}")
+        return a
+    with pytest.raises(ValueError, match="shard 2"):
+        parallel.run(boom, [(0, 2), (2, 4)])
+
+
+def test_step_sets_blas_to_one_thread_and_restores_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        with parallel.step(np) as n:
+            assert n == 2 and parallel.workers() == 2
+            assert parallel.blas_threads() == 1
+            with parallel.step(np) as inner:  # nested (a layer inside a model step): unchanged
+                assert inner == 2
+        assert parallel.workers() == 1 and parallel.blas_threads() == 2
+    with threadpoolctl.threadpool_limits(1, user_api="blas"), parallel.step(np) as n:
+        assert n == 1  # follows the BLAS count
+
+
+def test_step_is_a_no_op_off_numpy():
+    strict = pytest.importorskip("array_api_strict")
+    config.set_num_threads(4)
+    try:
+        with parallel.step(strict) as n:
+            assert n == 1 and parallel.ranges(8) == [(0, 8)]
+    finally:
+        config.set_num_threads(None)
+
+
+def test_set_num_threads_checks_its_argument():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int"):
+            config.set_num_threads(bad)
+
+
+CASES = [  # x shape, w shape, stride, padding, dilation, groups, algorithm
+    ((5, 4, 9, 8), (6, 4, 3, 3), 1, 1, 1, 1, "auto"),          # ow-innermost columns, col2im
+    ((5, 16, 7, 7), (8, 16, 3, 3), 1, 1, 1, 1, "auto"),        # channels-innermost, transposed gradient
+    ((5, 16, 7, 7), (8, 16, 3, 3), 1, 1, 1, 1, "im2col_nhwc"),  # channels-innermost, col2im
+    ((4, 16, 9, 9), (8, 16, 3, 3), 2, 1, 1, 1, "auto"),        # strided
+    ((3, 4, 7, 6), (6, 2, 2, 3), 1, 2, 1, 2, "auto"),          # grouped
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("limit", [None, 1])  # 1 byte: one sample per chunk, several chunks per shard
+def test_conv_on_workers_matches_one_thread(case, limit, workers):
+    _needs_threadpoolctl()
+    xs, ws, s, p, d, g, algo = case
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    config.set_conv_algorithm(algo)
+    config.set_workspace_limit(limit)
+    y, ctx = conv2d_forward(x, w, b, s, p, d, g)
+    dy = rng.standard_normal(y.shape)
+    ref = (y,) + tuple(conv2d_backward(dy, ctx))
+    assert workers(2) == 2
+    runs = []
+    for _ in range(2):
+        y, ctx = conv2d_forward(x, w, b, s, p, d, g)
+        runs.append((y,) + tuple(conv2d_backward(dy, ctx)))
+    for name, a, r, again in zip(["y", "dx", "dw", "db"], runs[0], ref, runs[1]):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(a, again, err_msg=f"{name}: rerun differs")
+
+
+def _train_steps(threads, steps=3):
+    model = build_model("vgg-small", 3, 10, 8, backend="numpy", dtype="float64", seed=0)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = xpcnn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((6, 3, 8, 8)), rng.integers(0, 10, 6)
+    config.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(model(x), labels)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+    finally:
+        config.set_num_threads(None)
+    return model.state_dict()
+
+
+def test_training_on_two_workers_matches_one():
+    _needs_threadpoolctl()
+    one, two = _train_steps(1), _train_steps(2)
+    for k in one:
+        np.testing.assert_allclose(xpcnn.to_numpy(two[k]), xpcnn.to_numpy(one[k]), rtol=1e-10, atol=1e-12,
+                                   err_msg=k)
+
+
+@pytest.fixture
+def fresh_malloc(monkeypatch):
+    monkeypatch.setattr(malloc, "_applied", None)
+    for k in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(k)
+    yield
+    config.set_keep_freed_memory(True)
+
+
+def test_keep_freed_memory_is_applied_once_on_linux(fresh_malloc, monkeypatch):
+    if not __import__("sys").platform.startswith("linux"):
+        pytest.skip("glibc's mallopt: Linux only")
+    calls = []
+    real = malloc._mallopt
+    monkeypatch.setattr(malloc, "_mallopt", lambda: calls.append(1) or real())
+    first = malloc.keep_freed_memory()
+    assert malloc.keep_freed_memory() == first and calls == [1]
+
+
+def test_keep_freed_memory_respects_the_user(fresh_malloc, monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user tunes malloc himself: leave it alone
+    assert malloc.keep_freed_memory() is False
+    monkeypatch.setattr(malloc, "_applied", None)
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    config.set_keep_freed_memory(False)
+    assert malloc.keep_freed_memory() is False and malloc._applied is None

@@ -1,0 +1,113 @@
+"""Intra-op threads for the NumPy backend: batch shards on worker threads, BLAS one thread per call.
+
+PyTorch splits every op over its threads. NumPy runs element-wise loops and copies on one core, and
+OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call: a second thread doing
+NumPy work in the meantime ran no faster (measured). So while a model step runs (``Sequential.forward`` and
+``backward``, inside :func:`step`), xpcnn sets BLAS to one thread and splits the batch of convolutions,
+batch norm, ReLU and pooling into one contiguous shard per worker; NumPy releases the GIL in its loops and
+in BLAS, so the shards run at once.
+
+The worker count is :func:`xpcnn.config.set_num_threads` if set, else the BLAS thread count when the step
+begins (threadpoolctl reads and sets it; `xpcnn train --threads` and `xpcnn bench --threads` set it).
+Without threadpoolctl, or on any other backend, ops run on the calling thread as before. Results do not
+depend on timing: shard boundaries depend only on the batch size and the worker count, and partial sums are
+added in shard order.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from array_api_compat import is_numpy_namespace
+
+from . import config
+
+_workers = 1          # shards per op in the step being run (1 outside a step)
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_lock = threading.Lock()
+_blas: Any = None     # threadpoolctl's BLAS controllers, found once; False when threadpoolctl is missing
+
+
+def _blas_controllers() -> list:
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        except ImportError:
+            _blas = False
+    return _blas or []
+
+
+def blas_threads() -> int:
+    """The BLAS thread count NumPy would use now (1 when unknown)."""
+    counts = [lc.get_num_threads() for lc in _blas_controllers()]
+    return max([c for c in counts if c] or [1])
+
+
+def workers() -> int:
+    """Shards per op in the current step (1 outside :func:`step`, or off NumPy)."""
+    return _workers
+
+
+@contextmanager
+def step(xp) -> Iterator[int]:
+    """Run a model step with ``n`` workers on NumPy (see the module docstring); yields the worker count."""
+    global _workers
+    if _workers > 1 or not is_numpy_namespace(xp):
+        yield _workers
+        return
+    n = config.get_num_threads() or blas_threads()
+    libs = _blas_controllers()
+    if n <= 1 or not libs:
+        yield 1
+        return
+    saved = [lc.get_num_threads() for lc in libs]
+    for lc in libs:
+        lc.set_num_threads(1)
+    _workers = n
+    try:
+        yield n
+    finally:
+        _workers = 1
+        for lc, k in zip(libs, saved):
+            lc.set_num_threads(k)
+
+
+def ranges(n: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """``[0, n)`` split into at most :func:`workers` contiguous shards of at least ``min_size`` (sizes differ by
+    at most one); a single ``(0, n)`` outside a step."""
+    parts = max(1, min(_workers, n // max(1, min_size)))
+    q, r = divmod(n, parts)
+    out, a = [], 0
+    for i in range(parts):
+        b = a + q + (i < r)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < size:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="xpcnn")
+            _pool_size = size
+        return _pool
+
+
+def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
+    """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool."""
+    if len(parts) <= 1:
+        return [fn(*p) for p in parts]
+    futures = [_executor(len(parts) - 1).submit(fn, *p) for p in parts[1:]]
+    try:
+        first = fn(*parts[0])
+    finally:
+        rest = [f.result() for f in futures]  # wait for every shard, even if this one failed
+    return [first] + rest
