@@ -179,3 +179,60 @@ def test_keep_freed_memory_respects_the_user(fresh_malloc, monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     config.set_keep_freed_memory(False)
     assert malloc.keep_freed_memory() is False and malloc._applied is None
+
+
+def _elementwise_ops(rng, special=None):
+    """ReLU, batch norm (train and eval, 4-D and 2-D) and max pooling, forward and backward, on channels-last
+    inputs: every output as a NumPy array."""
+    from xpcnn import functional as F
+    x = rng.standard_normal((5, 6, 7, 4)).transpose(0, 3, 1, 2) * 2 + 0.5  # NCHW view of NHWC memory
+    dy = rng.standard_normal((5, 6, 7, 4)).transpose(0, 3, 1, 2)
+    if special:
+        dy[0, 0, 0, 0] = {"nan": np.nan, "inf": np.inf}[special]
+    out = []
+    y = F.relu(x)
+    out += [y, F.relu_backward(dy, y)]
+    for xs, dys in ((x, dy), (x[:, :, 0, 0], dy[:, :, 0, 0])):
+        c = xs.shape[1]
+        w, b, rm, rv = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c), rng.uniform(1, 2, c)
+        for training in (True, False):
+            yb, nrm, nrv, ctx = F.batch_norm_forward(xs, w, b, rm, rv, training)
+            out += [yb, nrm, nrv, *F.batch_norm_backward(dys, ctx)]
+            yb, _, _, ctx = F.batch_norm_forward(xs, None, None, None, None, training or True)
+            out += [yb, F.batch_norm_backward(dys, ctx)[0]]
+    for k, s, p in ((2, 2, 0), (3, 2, 1)):
+        yp, ctx = F.max_pool2d_forward(x, k, s, p)
+        out += [yp, F.max_pool2d_backward(rng.standard_normal(yp.shape), ctx)]
+    return out
+
+
+@pytest.mark.parametrize("special", [None, "nan", "inf"])
+def test_elementwise_kernels_on_workers_match_the_portable_ops(special, workers):
+    """The NumPy kernels (out=, sharded) against the portable code: float64, 1e-12; the same bits on rerun and
+    on one worker; inf/NaN in the gradient handled as the portable path does."""
+    _needs_threadpoolctl()
+    config.set_fast_paths(False)
+    try:
+        ref = _elementwise_ops(np.random.default_rng(5), special)
+    finally:
+        config.set_fast_paths(True)
+    one = _elementwise_ops(np.random.default_rng(5), special)
+    workers(2)
+    two = _elementwise_ops(np.random.default_rng(5), special)
+    again = _elementwise_ops(np.random.default_rng(5), special)
+    for i, (r, a, b, c) in enumerate(zip(ref, one, two, again)):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12, err_msg=f"output {i}: kernel vs portable")
+        np.testing.assert_allclose(b, r, rtol=1e-12, atol=1e-12, err_msg=f"output {i}: 2 workers vs portable")
+        np.testing.assert_array_equal(b, c, err_msg=f"output {i}: rerun differs")
+        if getattr(r, "ndim", 0) == 4:
+            assert b.strides == r.strides or b.shape[1] == 1, f"output {i}: memory layout changed"
+
+
+def test_nested_shards_run_inline(workers):
+    """An op called inside a shard (where_zero inside a pooling shard) is not split again: the pool's threads
+    are busy with the outer shards, so waiting on them would deadlock."""
+    _needs_threadpoolctl()
+    workers(2)
+    inner = parallel.run(lambda a, b: parallel.ranges(8), [(0, 1), (1, 2)])
+    assert inner == [[(0, 8)], [(0, 8)]]
+    assert parallel.ranges(8) == [(0, 4), (4, 8)]

@@ -29,6 +29,7 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _lock = threading.Lock()
 _blas: Any = None     # threadpoolctl's BLAS controllers, found once; False when threadpoolctl is missing
+_local = threading.local()  # .in_shard: this thread runs a shard (ops inside it are not split again)
 
 
 def _blas_controllers() -> list:
@@ -79,8 +80,10 @@ def step(xp) -> Iterator[int]:
 
 def ranges(n: int, min_size: int = 1) -> list[tuple[int, int]]:
     """``[0, n)`` split into at most :func:`workers` contiguous shards of at least ``min_size`` (sizes differ by
-    at most one); a single ``(0, n)`` outside a step."""
-    parts = max(1, min(_workers, n // max(1, min_size)))
+    at most one); a single ``(0, n)`` outside a step, or inside a shard (no nested splits: the pool's threads
+    are busy with the outer shards)."""
+    inner = getattr(_local, "in_shard", False)
+    parts = 1 if inner else max(1, min(_workers, n // max(1, min_size)))
     q, r = divmod(n, parts)
     out, a = [], 0
     for i in range(parts):
@@ -101,13 +104,22 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _in_shard(fn: Callable[[int, int], Any], a: int, b: int) -> Any:
+    outer = getattr(_local, "in_shard", False)
+    _local.in_shard = True
+    try:
+        return fn(a, b)
+    finally:
+        _local.in_shard = outer
+
+
 def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
     """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool."""
     if len(parts) <= 1:
         return [fn(*p) for p in parts]
-    futures = [_executor(len(parts) - 1).submit(fn, *p) for p in parts[1:]]
+    futures = [_executor(len(parts) - 1).submit(_in_shard, fn, *p) for p in parts[1:]]
     try:
-        first = fn(*parts[0])
+        first = _in_shard(fn, *parts[0])
     finally:
         rest = [f.result() for f in futures]  # wait for every shard, even if this one failed
     return [first] + rest

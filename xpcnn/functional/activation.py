@@ -7,16 +7,23 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace, device
 
+from .. import kernels
 from ._util import where_zero
 
 
 def relu(x):
     xp = array_namespace(x)
+    fast = kernels.get("relu", xp)
+    if fast is not None:
+        return fast(x)
     return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device(x)))
 
 
 def relu_backward(dy, y):
     """``dy`` where the output ``y`` is positive, else 0 (also for inf or NaN in ``dy``, as PyTorch)."""
+    fast = kernels.get("relu_backward", array_namespace(dy))
+    if fast is not None:
+        return fast(dy, y)
     return where_zero(y > 0, dy)
 
 

@@ -15,6 +15,7 @@ import math
 
 from array_api_compat import array_namespace
 
+from .. import kernels
 from ._util import rows_sum
 
 
@@ -45,6 +46,34 @@ def _tile(xp, v, g: int):
     return xp.tile(v, (g,)) if g > 1 else v
 
 
+def _center(xp, m, g: int, c: int, count: int):
+    """Batch statistics of grouped rows: ``(mean (C,), var (C,), centered)``, the variance of the centred values
+    (numerically safe). Three passes over ``m``."""
+    fast = kernels.get("bn_center", xp)
+    if fast is not None:
+        total, centered, sumsq = fast(m, g)
+        return _fold(xp, total, g, c) / count, _fold(xp, sumsq, g, c) / count, centered
+    mean = _channel_sum(xp, m, g, c) / count
+    centered = m - _tile(xp, mean, g)
+    return mean, _channel_sum(xp, centered * centered, g, c) / count, centered
+
+
+def _affine(xp, m, scale, shift, g: int):
+    """``m * tile(scale) + tile(shift)`` (shift may be None): a new array."""
+    fast = kernels.get("bn_affine", xp)
+    if fast is not None:
+        return fast(m, _tile(xp, scale, g), None if shift is None else _tile(xp, shift, g))
+    y = m * _tile(xp, scale, g)
+    if shift is not None:
+        y += _tile(xp, shift, g)
+    return y
+
+
+def _fold(xp, v, g: int, c: int):
+    """A ``(g*C,)`` row sum folded to ``(C,)``."""
+    return xp.sum(xp.reshape(v, (g, c)), axis=0) if g > 1 else v
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training: bool = True,
                        momentum: float = 0.1, eps: float = 1e-5):
     """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays.
@@ -60,47 +89,55 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     if training:
         if count < 2:
             raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
-        mean = _channel_sum(xp, m, g, c) / count
-        centered = m - _tile(xp, mean, g)
-        var = _channel_sum(xp, centered * centered, g, c) / count
+        mean, var, centered = _center(xp, m, g, c, count)
         if running_mean is not None:
             running_mean = (1 - momentum) * running_mean + momentum * mean
             running_var = (1 - momentum) * running_var + momentum * (var * (count / (count - 1)))
     else:
         mean, var = running_mean, running_var
-        centered = m - _tile(xp, mean, g)
+        centered = _affine(xp, m, xp.ones_like(mean), -mean, g)
     inv_std = 1.0 / xp.sqrt(var + eps)
     scale = inv_std if weight is None else weight * inv_std
-    y = centered * _tile(xp, scale, g)
-    if bias is not None:
-        y += _tile(xp, bias, g)
+    y = _affine(xp, centered, scale, bias, g)
     return _unrows(xp, y, x.shape), running_mean, running_var, (centered, inv_std, weight, training)
 
 
 def batch_norm_backward(dy, ctx):
     """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward`.
 
-    Training: ``dx = (dy - mean(dy)) * scale - centered * (scale * inv_std**2 * mean(dy * centered))``,
-    per-channel coefficients, so dx is one fused expression over the activations.
+    Training: ``dx = dy * scale - centered * k - mean(dy) * scale`` with the per-channel
+    ``k = scale * inv_std**2 * mean(dy * centered)``, so dx is one fused expression over the activations.
     """
     centered, inv_std, weight, training = ctx
     xp = array_namespace(dy)
     d, g = _rows(xp, dy)
     c = dy.shape[1]
     count = math.prod(dy.shape) // c
-    dbias = _channel_sum(xp, d, g, c)
-    dc = _channel_sum(xp, d * centered, g, c)  # sum(dy * xhat) = inv_std * dc
+    fast = kernels.get("bn_grad_sums", xp)
+    if fast is not None:
+        dbias, dc = (_fold(xp, v, g, c) for v in fast(d, centered))
+    else:
+        dbias, dc = _channel_sum(xp, d, g, c), _channel_sum(xp, d * centered, g, c)  # sum(dy * xhat) = inv_std * dc
     dweight = dc * inv_std
     scale = inv_std if weight is None else weight * inv_std
     if training:
         k_c = scale * inv_std * dweight / count
-        dx = d - _tile(xp, dbias / count, g)
-        dx *= _tile(xp, scale, g)
-        dx -= centered * _tile(xp, k_c, g)
+        dx = _input_grad(xp, d, centered, scale, k_c, dbias / count * scale, g)
     else:
-        dx = d * _tile(xp, scale, g)
+        dx = _affine(xp, d, scale, None, g)
     dx = _unrows(xp, dx, dy.shape)
     return dx, (dweight if weight is not None else None), (dbias if weight is not None else None)
+
+
+def _input_grad(xp, d, centered, scale, k, shift, g: int):
+    """``d * tile(scale) - centered * tile(k) - tile(shift)``: a new array."""
+    fast = kernels.get("bn_input_grad", xp)
+    if fast is not None:
+        return fast(d, centered, _tile(xp, scale, g), _tile(xp, k, g), _tile(xp, shift, g))
+    dx = d * _tile(xp, scale, g)
+    dx -= centered * _tile(xp, k, g)
+    dx -= _tile(xp, shift, g)
+    return dx
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):

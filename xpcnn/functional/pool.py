@@ -10,6 +10,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
+from .. import parallel
 from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, where_zero, window, window_key
 
 
@@ -43,12 +44,30 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
 
     Per window offset: ``y = maximum(y, s)`` (NaN propagates) and the offset of the first maximum (the last
     NaN where there is one, as PyTorch) as ``idx = maximum(idx, k * better)``: offsets only grow, so no
-    ``where`` is needed (NumPy's is several times slower than these element-wise ops).
+    ``where`` is needed (NumPy's is several times slower than these element-wise ops). Batch shards run on the
+    :mod:`~xpcnn.parallel` workers.
     """
     xp = array_namespace(x)
     kernel, stride, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding)
-    xpad = pad2d(x, pads, float(xp.finfo(x.dtype).min))
     idx_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
+    n, c, h, w = x.shape
+    padded_shape = (n, c, h + pads[0] + pads[1], w + pads[2] + pads[3])
+    parts = parallel.ranges(n)
+    if len(parts) == 1:
+        y, idx = _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype)
+    else:
+        y = empty_nchw(xp, (n, c, oh, ow), x.dtype, device(x))
+        idx = empty_nchw(xp, (n, c, oh, ow), idx_dtype, device(x))
+
+        def shard(a: int, b: int) -> None:
+            y[a:b, ...], idx[a:b, ...] = _max_pool_shard(xp, x[a:b, ...], kernel, stride, pads, oh, ow, idx_dtype)
+        parallel.run(shard, parts)
+    return y, (idx, x.shape, padded_shape, kernel, stride, pads)
+
+
+def _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype):
+    """``(y, idx)`` of :func:`max_pool2d_forward` for the samples of ``x``."""
+    xpad = pad2d(x, pads, float(xp.finfo(x.dtype).min))
     y = idx = None
     for i in range(kernel[0]):
         for j in range(kernel[1]):
@@ -61,27 +80,31 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
                 better = (s > y) | xp.isnan(s)
                 y = xp.maximum(y, s)
                 idx = xp.maximum(idx, xp.astype(better, idx_dtype) * (i * kernel[1] + j))
-    return y, (idx, x.shape, xpad.shape, kernel, stride, pads)
+    return y, idx
 
 
 def max_pool2d_backward(dy, ctx):
     """Gradient w.r.t. the input of :func:`max_pool2d_forward`.
 
-    Disjoint windows (stride >= kernel) are written, not accumulated."""
+    Disjoint windows (stride >= kernel) are written, not accumulated. Batch shards run on the workers, each
+    writing its own samples of ``dx``."""
     idx, x_shape, padded_shape, kernel, stride, pads = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
     dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            hit = idx == i * kernel[1] + j
-            g = where_zero(hit, dy)
-            key = window_key(i, j, stride, (1, 1), oh, ow)
-            if disjoint:
-                dx[key] = g
-            else:
-                dx[key] += g
+
+    def shard(a: int, b: int) -> None:
+        dxs, dys, ids = (dx, dy, idx) if (a, b) == (0, dy.shape[0]) else (dx[a:b, ...], dy[a:b, ...], idx[a:b, ...])
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                g = where_zero(ids == i * kernel[1] + j, dys)
+                key = window_key(i, j, stride, (1, 1), oh, ow)
+                if disjoint:
+                    dxs[key] = g
+                else:
+                    dxs[key] += g
+    parallel.run(shard, parallel.ranges(dy.shape[0]))
     return unpad2d(dx, pads)
 
 

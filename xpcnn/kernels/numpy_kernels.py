@@ -1,7 +1,33 @@
-"""NumPy-only kernels (selected by :func:`xpcnn.kernels.get` when the arrays are NumPy arrays)."""
+"""NumPy-only kernels (selected by :func:`xpcnn.kernels.get` when the arrays are NumPy arrays).
+
+The element-wise ones write into their outputs (``out=``) instead of allocating temporaries, split the batch
+(or rows) over the :mod:`xpcnn.parallel` workers, and within a shard work in blocks of ~256 KiB, so that a
+temporary stays in cache.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+from .. import parallel
+
+BLOCK_BYTES = 256 * 2 ** 10
+
+
+def _sharded(fn, rows: int) -> list:
+    """``fn(a, b)`` over the worker shards of ``range(rows)``; results in shard order."""
+    return parallel.run(fn, parallel.ranges(rows))
+
+
+def _blocks(a: int, b: int, row_bytes: int):
+    step = max(1, BLOCK_BYTES // max(1, row_bytes))
+    return ((r, min(b, r + step)) for r in range(a, b, step))
+
+
+def _sum(parts: list) -> np.ndarray:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
 
 
 def accumulate(dst: np.ndarray, key, src) -> None:
@@ -20,12 +46,88 @@ def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
     where ``mask`` is False (0 * inf = NaN, where the portable path and PyTorch give 0): one
     reduction detects that and falls back to ``where``. The result keeps the inputs' memory layout.
     """
-    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf; a huge sum: both only send us to ``where``
-        out = np.multiply(a, mask, dtype=a.dtype)
-        finite = np.isfinite(np.add.reduce(out, axis=None))
-    if not finite:
+    out = np.empty_like(a)
+
+    def shard(i, j):
+        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf; a huge sum: both only send us to ``where``
+            np.multiply(a[i:j], mask[i:j], out=out[i:j], dtype=a.dtype)
+            return bool(np.isfinite(np.add.reduce(out[i:j], axis=None)))
+    if not all(_sharded(shard, a.shape[0])):
         return np.where(mask, a, np.zeros((), dtype=a.dtype))
     return out
 
 
-KERNELS = {"accumulate": accumulate, "where_zero": where_zero}
+def relu(x: np.ndarray) -> np.ndarray:
+    """``maximum(x, 0)`` into a new array of ``x``'s memory layout, over the worker shards."""
+    out = np.empty_like(x)
+    zero = np.zeros((), dtype=x.dtype)
+    _sharded(lambda i, j: np.maximum(x[i:j], zero, out=out[i:j]), x.shape[0])
+    return out
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``where(y > 0, dy, 0)`` over the worker shards (mask and product per shard)."""
+    out = np.empty_like(dy)
+
+    def shard(i, j):
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.multiply(dy[i:j], y[i:j] > 0, out=out[i:j], dtype=dy.dtype)
+            return bool(np.isfinite(np.add.reduce(out[i:j], axis=None)))
+    if not all(_sharded(shard, dy.shape[0])):
+        return np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
+    return out
+
+
+def bn_center(m: np.ndarray, g: int):
+    """Batch norm statistics of rows ``m (R, g*C)``: ``(column sums, centered, column sums of centered**2)``
+    (folded to C by the caller). Two passes over ``m`` and one over ``centered``, no temporaries."""
+    total = _sum(_sharded(lambda a, b: np.add.reduce(m[a:b], axis=0), m.shape[0]))
+    mean = np.tile(np.sum(total.reshape(g, -1), axis=0) / (m.shape[0] * g), g).astype(m.dtype)
+    centered = np.empty(m.shape, dtype=m.dtype)
+
+    def center(a, b):
+        c = centered[a:b]
+        np.subtract(m[a:b], mean, out=c)
+        return np.einsum("ij,ij->j", c, c)  # one pass, no temporary (as fast as a plain sum)
+    return total, centered, _sum(_sharded(center, m.shape[0]))
+
+
+def bn_affine(m: np.ndarray, scale: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """``m * scale + shift`` (shift may be None) into a new array, row-broadcast vectors."""
+    out = np.empty(m.shape, dtype=m.dtype)
+
+    def shard(a, b):
+        np.multiply(m[a:b], scale, out=out[a:b])
+        if shift is not None:
+            out[a:b] += shift
+    _sharded(shard, m.shape[0])
+    return out
+
+
+def bn_grad_sums(d: np.ndarray, centered: np.ndarray):
+    """Column sums of ``d`` and of ``d * centered`` (one pass each, no temporary)."""
+    parts = _sharded(lambda a, b: (np.add.reduce(d[a:b], axis=0), np.einsum("ij,ij->j", d[a:b], centered[a:b])),
+                     d.shape[0])
+    return _sum([p[0] for p in parts]), _sum([p[1] for p in parts])
+
+
+def bn_input_grad(d, centered, scale, k, shift) -> np.ndarray:
+    """``d * scale - centered * k - shift`` (row-broadcast vectors) into a new array, block by block."""
+    out = np.empty(d.shape, dtype=d.dtype)
+    row_bytes = d.shape[1] * d.itemsize
+
+    def shard(a, b):
+        tmp = np.empty((max(1, BLOCK_BYTES // row_bytes), d.shape[1]), dtype=d.dtype)
+        for r0, r1 in _blocks(a, b, row_bytes):
+            o, t = out[r0:r1], tmp[:r1 - r0]
+            np.multiply(d[r0:r1], scale, out=o)
+            np.multiply(centered[r0:r1], k, out=t)
+            o -= t
+            o -= shift
+    _sharded(shard, d.shape[0])
+    return out
+
+
+KERNELS = {"accumulate": accumulate, "where_zero": where_zero, "relu": relu, "relu_backward": relu_backward,
+           "bn_center": bn_center, "bn_affine": bn_affine,
+           "bn_grad_sums": bn_grad_sums, "bn_input_grad": bn_input_grad}
