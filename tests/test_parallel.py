@@ -17,8 +17,10 @@ from xpcnn.models import build_model
 
 
 @pytest.fixture
-def workers():
-    """``workers(n)``: enter a step with n worker threads (config.set_num_threads); restored afterwards."""
+def workers(monkeypatch):
+    """``workers(n)``: enter a step with n worker threads (config.set_num_threads); restored afterwards. Shards
+    of any size, so that the small test arrays are split too."""
+    monkeypatch.setattr(parallel, "MIN_SHARD_BYTES", 1)
     stack = []
 
     def enter(n):
@@ -38,14 +40,17 @@ def _needs_threadpoolctl():
     pytest.importorskip("threadpoolctl", reason="worker threads run only where threadpoolctl can set BLAS to 1 thread")
 
 
-def test_ranges_split_the_batch_into_contiguous_shards(workers):
+def test_ranges_split_the_batch_into_contiguous_shards(workers, monkeypatch):
     assert parallel.ranges(10) == [(0, 10)]  # outside a step: one shard
     _needs_threadpoolctl()
     assert workers(3) == 3 and parallel.workers() == 3
     assert parallel.ranges(10) == [(0, 4), (4, 7), (7, 10)]
     assert parallel.ranges(2) == [(0, 1), (1, 2)]
     assert parallel.ranges(1) == [(0, 1)]
-    assert parallel.ranges(10, min_size=4) == [(0, 5), (5, 10)]
+    monkeypatch.setattr(parallel, "MIN_SHARD_BYTES", 1024)
+    assert parallel.ranges(10, item_bytes=256) == [(0, 5), (5, 10)]  # >= 4 items per shard
+    assert parallel.ranges(10, item_bytes=1024) == [(0, 4), (4, 7), (7, 10)]
+    assert parallel.ranges(10, item_bytes=1) == [(0, 10)]  # too little work to split
 
 
 def test_run_keeps_shard_order_uses_threads_and_reraises(workers):

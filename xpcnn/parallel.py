@@ -78,12 +78,16 @@ def step(xp) -> Iterator[int]:
             lc.set_num_threads(k)
 
 
-def ranges(n: int, min_size: int = 1) -> list[tuple[int, int]]:
-    """``[0, n)`` split into at most :func:`workers` contiguous shards of at least ``min_size`` (sizes differ by
-    at most one); a single ``(0, n)`` outside a step, or inside a shard (no nested splits: the pool's threads
-    are busy with the outer shards)."""
+MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread: ReLU of (128, 120) took 0.12 ms on 2, 0.01 on 1
+
+
+def ranges(n: int, item_bytes: int = 0) -> list[tuple[int, int]]:
+    """``[0, n)`` split into at most :func:`workers` contiguous shards (sizes differ by at most one) of at least
+    :data:`MIN_SHARD_BYTES` where each item holds ``item_bytes``; a single ``(0, n)`` outside a step, or
+    inside a shard (no nested splits: the pool's threads are busy with the outer shards)."""
     inner = getattr(_local, "in_shard", False)
-    parts = 1 if inner else max(1, min(_workers, n // max(1, min_size)))
+    min_size = -(-MIN_SHARD_BYTES // item_bytes) if item_bytes > 0 else 1
+    parts = 1 if inner else max(1, min(_workers, n // min_size))
     q, r = divmod(n, parts)
     out, a = [], 0
     for i in range(parts):

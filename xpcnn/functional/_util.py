@@ -42,6 +42,11 @@ def conv_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int
     return (ph, ph, pw, pw)
 
 
+def itemsize(xp, dtype) -> int:
+    """Bytes per value of a floating ``dtype``."""
+    return xp.finfo(dtype).bits // 8
+
+
 def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
     """Output length of a sliding window (floor mode)."""
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1

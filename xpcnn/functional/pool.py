@@ -6,12 +6,13 @@ does); its backward routes the gradient there and sums where windows overlap.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import array_namespace, device
 
 from .. import parallel
-from ._util import empty_nchw, out_size, pad2d, pair, unpad2d, where_zero, window, window_key
+from ._util import empty_nchw, itemsize, out_size, pad2d, pair, unpad2d, where_zero, window, window_key
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
@@ -52,7 +53,7 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     idx_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
     n, c, h, w = x.shape
     padded_shape = (n, c, h + pads[0] + pads[1], w + pads[2] + pads[3])
-    parts = parallel.ranges(n)
+    parts = parallel.ranges(n, c * h * w * itemsize(xp, x.dtype))
     if len(parts) == 1:
         y, idx = _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype)
     else:
@@ -104,7 +105,7 @@ def max_pool2d_backward(dy, ctx):
                     dxs[key] = g
                 else:
                     dxs[key] += g
-    parallel.run(shard, parallel.ranges(dy.shape[0]))
+    parallel.run(shard, parallel.ranges(dy.shape[0], math.prod(padded_shape[1:]) * itemsize(xp, dy.dtype)))
     return unpad2d(dx, pads)
 
 

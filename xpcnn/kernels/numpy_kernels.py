@@ -13,9 +13,9 @@ from .. import parallel
 BLOCK_BYTES = 256 * 2 ** 10
 
 
-def _sharded(fn, rows: int) -> list:
-    """``fn(a, b)`` over the worker shards of ``range(rows)``; results in shard order."""
-    return parallel.run(fn, parallel.ranges(rows))
+def _sharded(fn, a: np.ndarray) -> list:
+    """``fn(i, j)`` over the worker shards of the first axis of ``a``; results in shard order."""
+    return parallel.run(fn, parallel.ranges(a.shape[0], a.nbytes // max(1, a.shape[0])))
 
 
 def _blocks(a: int, b: int, row_bytes: int):
@@ -52,7 +52,7 @@ def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf; a huge sum: both only send us to ``where``
             np.multiply(a[i:j], mask[i:j], out=out[i:j], dtype=a.dtype)
             return bool(np.isfinite(np.add.reduce(out[i:j], axis=None)))
-    if not all(_sharded(shard, a.shape[0])):
+    if not all(_sharded(shard, a)):
         return np.where(mask, a, np.zeros((), dtype=a.dtype))
     return out
 
@@ -61,7 +61,7 @@ def relu(x: np.ndarray) -> np.ndarray:
     """``maximum(x, 0)`` into a new array of ``x``'s memory layout, over the worker shards."""
     out = np.empty_like(x)
     zero = np.zeros((), dtype=x.dtype)
-    _sharded(lambda i, j: np.maximum(x[i:j], zero, out=out[i:j]), x.shape[0])
+    _sharded(lambda i, j: np.maximum(x[i:j], zero, out=out[i:j]), x)
     return out
 
 
@@ -73,7 +73,7 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore"):
             np.multiply(dy[i:j], y[i:j] > 0, out=out[i:j], dtype=dy.dtype)
             return bool(np.isfinite(np.add.reduce(out[i:j], axis=None)))
-    if not all(_sharded(shard, dy.shape[0])):
+    if not all(_sharded(shard, dy)):
         return np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
     return out
 
@@ -81,7 +81,7 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 def bn_center(m: np.ndarray, g: int):
     """Batch norm statistics of rows ``m (R, g*C)``: ``(column sums, centered, column sums of centered**2)``
     (folded to C by the caller). Two passes over ``m`` and one over ``centered``, no temporaries."""
-    total = _sum(_sharded(lambda a, b: np.add.reduce(m[a:b], axis=0), m.shape[0]))
+    total = _sum(_sharded(lambda a, b: np.add.reduce(m[a:b], axis=0), m))
     mean = np.tile(np.sum(total.reshape(g, -1), axis=0) / (m.shape[0] * g), g).astype(m.dtype)
     centered = np.empty(m.shape, dtype=m.dtype)
 
@@ -89,7 +89,7 @@ def bn_center(m: np.ndarray, g: int):
         c = centered[a:b]
         np.subtract(m[a:b], mean, out=c)
         return np.einsum("ij,ij->j", c, c)  # one pass, no temporary (as fast as a plain sum)
-    return total, centered, _sum(_sharded(center, m.shape[0]))
+    return total, centered, _sum(_sharded(center, m))
 
 
 def bn_affine(m: np.ndarray, scale: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
@@ -100,14 +100,13 @@ def bn_affine(m: np.ndarray, scale: np.ndarray, shift: np.ndarray | None) -> np.
         np.multiply(m[a:b], scale, out=out[a:b])
         if shift is not None:
             out[a:b] += shift
-    _sharded(shard, m.shape[0])
+    _sharded(shard, m)
     return out
 
 
 def bn_grad_sums(d: np.ndarray, centered: np.ndarray):
     """Column sums of ``d`` and of ``d * centered`` (one pass each, no temporary)."""
-    parts = _sharded(lambda a, b: (np.add.reduce(d[a:b], axis=0), np.einsum("ij,ij->j", d[a:b], centered[a:b])),
-                     d.shape[0])
+    parts = _sharded(lambda a, b: (np.add.reduce(d[a:b], axis=0), np.einsum("ij,ij->j", d[a:b], centered[a:b])), d)
     return _sum([p[0] for p in parts]), _sum([p[1] for p in parts])
 
 
@@ -124,7 +123,7 @@ def bn_input_grad(d, centered, scale, k, shift) -> np.ndarray:
             np.multiply(centered[r0:r1], k, out=t)
             o -= t
             o -= shift
-    _sharded(shard, d.shape[0])
+    _sharded(shard, d)
     return out
 
 
