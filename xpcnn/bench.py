@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import parallel
 from .backend import Backend, get_backend
 from .parity import MODEL_INPUTS
 
@@ -297,7 +298,7 @@ def layer_breakdown(runner: XpcnnRunner, warmup: int, repeats: int) -> list[dict
         keep = r >= warmup
         runner.opt.zero_grad()
         x = runner.x
-        with b.activate():
+        with b.activate(), parallel.step(b.xp):  # as in a model step: worker threads on NumPy
             for i, layer in enumerate(m.layers):
                 x, t = clocked(lambda: layer.forward(x))
                 if keep:
