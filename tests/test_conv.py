@@ -99,7 +99,8 @@ def _transposable(case):
     return case[0] == 1 and case[2] == 1 and conv_module._transposed_pads(pads, case[1], dil) is not None
 
 
-FORCED = {"im2col_nhwc": [c for c in GRID if c[0] == 1],
+FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "flat" for groups 1)
+          "im2col_nhwc": [c for c in GRID if c[0] == 1],
           "transposed": [c for c in GRID if _transposable(c)]}
 FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
@@ -115,7 +116,7 @@ def _took(algo, case, rng):
     """The path ``algo`` names is the one a convolution of ``case`` takes."""
     x, wt, b, groups, *_ = _data(case, rng)
     ctx = F.conv2d_forward(x, wt, b, case[2], case[3], case[4], groups)[1]
-    return (ctx.algorithm if algo == "im2col_nhwc" else conv_module.backward_algorithm(ctx)) == algo
+    return (ctx.algorithm if algo != "transposed" else conv_module.backward_algorithm(ctx)) == algo
 
 
 @pytest.mark.parametrize("conv_algorithm, case", FORCED_CASES, indirect=["conv_algorithm"],
@@ -145,7 +146,8 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
         return ctx.algorithm, conv_module.backward_algorithm(ctx)
     assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "transposed")
     assert paths((1, 16, 16, 16), (8, 16, 3, 3)) == ("im2col_nhwc", "transposed")
-    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col", "im2col")              # few channels
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col", "flat")              # few channels, stride 1
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3), stride=2) == ("im2col", "im2col")
     assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")

@@ -206,6 +206,32 @@ def _col2im_kmajor(dcol, dx, n0, pads, stride, dilation):
     return dx
 
 
+def _col2im_flat(xp, wk, dym, dx, n0, pads, dilation, kh: int, kw: int, oh: int, ow: int):
+    """Input gradient of samples ``n0:n0+m`` of a stride-1, ungrouped convolution with few channels (NCHW
+    ``dx``), by flat shifts: with ``dY`` padded to the padded input's width Wp, the column gradient
+    ``wk @ dY.T`` of kernel offset ``(i, j)`` lands on the flattened padded plane at ``i*d*Wp + j*d`` as one
+    contiguous run of ``(oh-1)*Wp + ow`` values per sample and channel (its padding columns are zero).
+    kh*kw adds of long runs instead of ow-wide ones: LeNet conv2 (6 -> 16, 5x5 at 14x14) backward
+    6.1 -> 4.9 ms at 1 thread."""
+    m, f = dym.shape[0] // (oh * ow), dym.shape[1]
+    c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    top, left = pads[0], pads[2]
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    dev = device(dym)
+    dyp = xp.zeros((m, oh, wp, f), dtype=dym.dtype, device=dev)
+    dyp[:, :, 0:ow, :] = xp.reshape(dym, (m, oh, ow, f))
+    dcol = xp.reshape(wk @ xp.matrix_transpose(xp.reshape(dyp, (m * oh * wp, f))), (kh, kw, c, m, oh * wp))
+    plane = xp.zeros((m, c, hp * wp), dtype=dym.dtype, device=dev)
+    run = (oh - 1) * wp + ow
+    add = _adder(xp)
+    for i in range(kh):
+        for j in range(kw):
+            s = i * dilation[0] * wp + j * dilation[1]
+            add(plane, (slice(None), slice(None), slice(s, s + run)), xp.permute_dims(dcol[i, j, :, :, 0:run], (1, 0, 2)))
+    dx[n0:n0 + m, ...] = xp.reshape(plane, (m, c, hp, wp))[:, :, top:top + h, left:left + w]
+    return dx
+
+
 def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int, oh: int, ow: int, nb: int):
     """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
     ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused
@@ -349,8 +375,12 @@ def _transposed_dx(xp, dy, ctx):
 
 def backward_algorithm(ctx: ConvContext) -> str:
     """How :func:`conv2d_backward` computes the input gradient for ``ctx``: "transposed" where
-    :func:`_use_transposed` says so, else by col2im from the forward's column layout."""
-    return "transposed" if _use_transposed(ctx) else ctx.algorithm
+    :func:`_use_transposed` says so; under "auto", "flat" (:func:`_col2im_flat`) for ungrouped ow-innermost
+    columns at stride 1; else col2im from the forward's column layout."""
+    if _use_transposed(ctx):
+        return "transposed"
+    flat = ctx.algorithm == "im2col" and ctx.groups == 1 and ctx.stride == (1, 1) and ctx.weight.shape[1] < CHANNELS_LAST_MIN
+    return "flat" if flat and config.get_conv_algorithm() == "auto" else ctx.algorithm
 
 
 DW_BLOCK = 1024  # rows of the weight gradient's reduction per GEMM (measured, see _long_matmul)
@@ -394,6 +424,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     need_dcol = need_dx and not transposed
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
+    flat = need_dcol and backward_algorithm(ctx) == "flat"
     dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dcol else None
     wkt = xp.matrix_transpose(wk)
 
@@ -413,7 +444,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                     dcol = dym @ wkt  # (P, K)
             elif g == 1:
                 part = _long_matmul(xp, xp.reshape(cm, (k, p1 - p0)), dym)  # (K, F)
-                if need_dcol:
+                if need_dcol and not flat:
                     dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
             else:
                 dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
@@ -424,7 +455,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
             dwk = part if dwk is None else dwk + part
             if not need_dcol:
                 continue
-            if clast:
+            if flat:
+                _col2im_flat(xp, wk, dym, dx, n0, pads, dilation, kh, kw, oh, ow)
+            elif clast:
                 _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
             else:
                 _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
