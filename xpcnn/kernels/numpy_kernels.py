@@ -127,6 +127,68 @@ def bn_input_grad(d, centered, scale, k, shift) -> np.ndarray:
     return out
 
 
-KERNELS = {"accumulate": accumulate, "where_zero": where_zero, "relu": relu, "relu_backward": relu_backward,
+def _empty_nchw(shape, dtype) -> np.ndarray:
+    n, c, h, w = shape
+    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+def _window(a: np.ndarray, i: int, j: int, stride, oh: int, ow: int) -> np.ndarray:
+    return a[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
+
+
+def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
+    """``(y, idx)`` of unpadded max pooling, as the portable loop computes them (first maximum, NaN wins), with
+    every pass written into preallocated blocks of ~256 KiB (vgg-small pool1 forward 6.4 -> 4.4 ms)."""
+    n, c = x.shape[0], x.shape[1]
+    y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
+
+    def shard(a, b):
+        rows = max(1, min(b - a, BLOCK_BYTES // max(1, x[0].nbytes)))
+        better, nan, k_or_0 = (_empty_nchw((rows, c, oh, ow), t) for t in (bool, bool, idx_dtype))
+        for r0, r1 in _blocks(a, b, x[0].nbytes):
+            ys, ids, m = y[r0:r1], idx[r0:r1], r1 - r0
+            t, tn, tk = better[:m], nan[:m], k_or_0[:m]
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    s = _window(x[r0:r1], i, j, stride, oh, ow)
+                    if i == j == 0:
+                        np.copyto(ys, s)
+                        ids[...] = 0
+                        continue
+                    np.greater(s, ys, out=t)
+                    np.logical_or(t, np.isnan(s, out=tn), out=t)
+                    np.maximum(ys, s, out=ys)
+                    np.multiply(t, idx_dtype(i * kernel[1] + j), out=tk)
+                    np.maximum(ids, tk, out=ids)
+    _sharded(shard, x)
+    return y, idx
+
+
+def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, x_shape, kernel, stride):
+    """Input gradient of unpadded max pooling with disjoint windows: each window offset of ``dx`` written once as
+    ``dy * (idx == k)`` (vgg-small pool1 backward 5.4 -> 2.8 ms). None where ``dy`` holds inf or NaN (0 * inf is
+    NaN, where the portable path gives 0): the caller then runs the portable code."""
+    if not np.isfinite(np.add.reduce(dy, axis=None)):
+        return None
+    n, c, h, w = x_shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dx = _empty_nchw(x_shape, dy.dtype)
+    if (oh * stride[0], ow * stride[1]) != (h, w) or tuple(stride) != tuple(kernel):
+        dx[...] = 0  # positions no window covers
+    sample_bytes = dy[0].nbytes
+
+    def shard(a, b):
+        eq = _empty_nchw((max(1, min(b - a, BLOCK_BYTES // max(1, sample_bytes))), c, oh, ow), dy.dtype)
+        for r0, r1 in _blocks(a, b, sample_bytes):
+            e = eq[:r1 - r0]
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    np.equal(idx[r0:r1], idx.dtype.type(i * kernel[1] + j), out=e, casting="unsafe")
+                    np.multiply(dy[r0:r1], e, out=_window(dx[r0:r1], i, j, stride, oh, ow))
+    _sharded(shard, dx)
+    return dx
+
+
+KERNELS = {"max_pool2d": max_pool2d, "max_pool2d_backward": max_pool2d_backward, "accumulate": accumulate, "where_zero": where_zero, "relu": relu, "relu_backward": relu_backward,
            "bn_center": bn_center, "bn_affine": bn_affine,
            "bn_grad_sums": bn_grad_sums, "bn_input_grad": bn_input_grad}
