@@ -142,10 +142,10 @@ def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     n, c = x.shape[0], x.shape[1]
     y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
 
-    def shard(a, b):
-        rows = max(1, min(b - a, BLOCK_BYTES // max(1, x[0].nbytes)))
+    def shard(a, b):  # blocks of ~256 KiB of output: the passes run on output-sized arrays
+        rows = max(1, min(b - a, BLOCK_BYTES // max(1, y[0].nbytes)))
         better, nan, k_or_0 = (_empty_nchw((rows, c, oh, ow), t) for t in (bool, bool, idx_dtype))
-        for r0, r1 in _blocks(a, b, x[0].nbytes):
+        for r0, r1 in _blocks(a, b, y[0].nbytes):
             ys, ids, m = y[r0:r1], idx[r0:r1], r1 - r0
             t, tn, tk = better[:m], nan[:m], k_or_0[:m]
             for i in range(kernel[0]):
