@@ -120,10 +120,12 @@ def _im2col_kmajor(xpad, col, stride, dilation):
     xp = array_namespace(xpad)
     g, kh, kw, cg, _, oh, ow = col.shape
     m = xpad.shape[0]
+    xt = xp.permute_dims(xpad, (1, 0, 2, 3))  # (C, m, Hp, Wp): one permutation, not one per offset
+    batch = slice(None) if m == col.shape[4] else slice(0, m)
     for i in range(kh):
         for j in range(kw):
-            win = xp.permute_dims(window(xpad, i, j, stride, dilation, oh, ow), (1, 0, 2, 3))  # (C, m, oh, ow)
-            col[:, i, j, :, 0:m, :, :] = xp.reshape(win, (g, cg, m, oh, ow)) if g > 1 else win[None, ...]
+            win = xt[window_key(i, j, stride, dilation, oh, ow)]  # (C, m, oh, ow)
+            col[:, i, j, :, batch, :, :] = xp.reshape(win, (g, cg, m, oh, ow)) if g > 1 else win[None, ...]
     return col if m == col.shape[4] else col[:, :, :, :, 0:m, :, :]
 
 
@@ -221,13 +223,14 @@ def _col2im_flat(xp, wk, dym, dx, n0, pads, dilation, kh: int, kw: int, oh: int,
     dyp = xp.zeros((m, oh, wp, f), dtype=dym.dtype, device=dev)
     dyp[:, :, 0:ow, :] = xp.reshape(dym, (m, oh, ow, f))
     dcol = xp.reshape(wk @ xp.matrix_transpose(xp.reshape(dyp, (m * oh * wp, f))), (kh, kw, c, m, oh * wp))
+    dcol = xp.permute_dims(dcol, (0, 1, 3, 2, 4))  # (kh, kw, m, C, oh*Wp): one permutation for all offsets
     plane = xp.zeros((m, c, hp * wp), dtype=dym.dtype, device=dev)
     run = (oh - 1) * wp + ow
     add = _adder(xp)
     for i in range(kh):
         for j in range(kw):
             s = i * dilation[0] * wp + j * dilation[1]
-            add(plane, (slice(None), slice(None), slice(s, s + run)), xp.permute_dims(dcol[i, j, :, :, 0:run], (1, 0, 2)))
+            add(plane, (slice(None), slice(None), slice(s, s + run)), dcol[i, j, :, :, 0:run])
     dx[n0:n0 + m, ...] = xp.reshape(plane, (m, c, hp, wp))[:, :, top:top + h, left:left + w]
     return dx
 
