@@ -4,7 +4,9 @@
     python benchmarks/bench_layers.py --threads 1 --reps 15
 
 Inputs are in the memory layout the layer sees inside a model: channels-last (what every xpcnn op returns),
-except the first layers of LeNet and vgg-small, which get the user's NCHW array.
+except the first layers of LeNet and vgg-small, which get the user's NCHW array. The ops run inside
+``xpcnn.parallel.step``, as in a model step: with ``--threads 2`` the batch is split over two worker threads
+and BLAS runs one thread per call; the floor GEMMs run outside it, on the BLAS threads.
 
 For each conv shape it times ``conv2d_forward`` and ``conv2d_backward`` and, in
 the same interleaved loop, the floor: the three plain NumPy matmuls of the same
@@ -22,6 +24,8 @@ import statistics
 import time
 
 import numpy as np
+
+from xpcnn import malloc, parallel
 
 # N, C, H(=W), F, k, stride, pad
 CONV_SHAPES = [
@@ -68,8 +72,9 @@ def bench_conv(shape, reps, dtype=np.float32):
     dym = rng.standard_normal((f, pp)).astype(dtype)
     tf, tb, tg = [], [], []
     for _ in range(reps + 1):
-        a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
-        bb, _ = _t(lambda: conv2d_backward(dy, ctx))
+        with parallel.step(np):
+            a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
+            bb, _ = _t(lambda: conv2d_backward(dy, ctx))
         del ctx, y
         g, _ = _t(lambda: (wm @ col, dym @ col.T, wm.T @ dym))
         tf.append(a), tb.append(bb), tg.append(g)
@@ -94,8 +99,9 @@ def bench_pool(shape, reps, dtype=np.float32):
     dy[...] = rng.standard_normal(y.shape).astype(dtype)
     tf, tb = [], []
     for _ in range(reps + 1):
-        a, (y, ctx) = _t(lambda: max_pool2d_forward(x, k, s, p))
-        bb, _ = _t(lambda: max_pool2d_backward(dy, ctx))
+        with parallel.step(np):
+            a, (y, ctx) = _t(lambda: max_pool2d_forward(x, k, s, p))
+            bb, _ = _t(lambda: max_pool2d_backward(dy, ctx))
         tf.append(a), tb.append(bb)
     tf, tb = tf[1:], tb[1:]
     mb = x.nbytes / 2 ** 20
@@ -113,6 +119,7 @@ def main(argv=None):
     from contextlib import nullcontext
     from threadpoolctl import threadpool_limits
     ctx = threadpool_limits(limits=a.threads) if a.threads else nullcontext()
+    malloc.keep_freed_memory()  # as the first model step does
     print(f"# numpy {np.__version__}, float32, threads {a.threads or 'default'}, reps {a.reps} (medians)")
     with ctx:
         if a.only != "pool":
