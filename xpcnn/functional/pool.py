@@ -53,10 +53,10 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     idx_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
     n, c, h, w = x.shape
     padded_shape = (n, c, h + pads[0] + pads[1], w + pads[2] + pads[3])
-    fast = kernels.get("max_pool2d", xp) if pads == (0, 0, 0, 0) else None
+    fast = kernels.get("max_pool2d", xp)
     parts = parallel.ranges(n, c * h * w * itemsize(xp, x.dtype))
     if fast is not None:
-        y, idx = fast(x, kernel, stride, oh, ow, idx_dtype)
+        y, idx = fast(pad2d(x, pads, float(xp.finfo(x.dtype).min)), kernel, stride, oh, ow, idx_dtype)
     elif len(parts) == 1:
         y, idx = _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype)
     else:
@@ -96,10 +96,10 @@ def max_pool2d_backward(dy, ctx):
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
-    fast = kernels.get("max_pool2d_backward", xp) if disjoint and pads == (0, 0, 0, 0) else None
-    dx = None if fast is None else fast(dy, idx, x_shape, kernel, stride)
+    fast = kernels.get("max_pool2d_backward", xp)
+    dx = None if fast is None else fast(dy, idx, padded_shape, kernel, stride)
     if dx is not None:
-        return dx
+        return unpad2d(dx, pads)
     dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
 
     def shard(a: int, b: int) -> None:
