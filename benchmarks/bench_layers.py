@@ -8,12 +8,14 @@ except the first layers of LeNet and vgg-small, which get the user's NCHW array.
 ``xpcnn.parallel.step``, as in a model step: with ``--threads 2`` the batch is split over two worker threads
 and BLAS runs one thread per call; the floor GEMMs run outside it, on the BLAS threads.
 
-For each conv shape it times ``conv2d_forward`` and ``conv2d_backward`` and, in
-the same interleaved loop, the floor: the three plain NumPy matmuls of the same
-GEMM shapes on ready, contiguous operands (forward ``W(F,K) @ col(K,P)``; weight
-gradient ``dY(F,P) @ col(K,P).T``; column gradient ``W(F,K).T @ dY(F,P)``, with
-``K = C*kh*kw`` and ``P = N*oh*ow``).  An im2col convolution cannot beat that
-floor; ``ratio`` = (fwd + bwd) / floor, medians of per-repetition ratios.
+For each conv shape it times ``conv2d_forward`` and ``conv2d_backward`` and the floor: the three plain
+NumPy matmuls of the same GEMM shapes on ready, contiguous operands (forward ``W(F,K) @ col(K,P)``; weight
+gradient ``dY(F,P) @ col(K,P).T``; column gradient ``W(F,K).T @ dY(F,P)``, with ``K = C*kh*kw`` and
+``P = N*oh*ow``), at the BLAS thread count. An im2col convolution cannot beat that floor; ``ratio`` =
+median(fwd + bwd) / median(floor). The two alternate in two rounds of loops, each loop after two warm-up
+repetitions, not repetition by repetition: OpenBLAS's helper threads keep spinning for ~0.1 s after a
+multi-threaded GEMM and took a core from the convolution's second worker (32x32x32 forward 17 -> 30 ms right
+after a 2-thread GEMM; any repetition right after an idle pause was slow too).
 GFLOP/s counts 2*F*K*P per GEMM (6*F*K*P for forward + backward).
 Pooling is timed forward and backward (no floor).
 """
@@ -71,18 +73,22 @@ def bench_conv(shape, reps, dtype=np.float32):
     col = rng.standard_normal((kk, pp)).astype(dtype)
     dym = rng.standard_normal((f, pp)).astype(dtype)
     tf, tb, tg = [], [], []
-    for _ in range(reps + 1):
-        with parallel.step(np):
-            a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
-            bb, _ = _t(lambda: conv2d_backward(dy, ctx))
-        del ctx, y
-        g, _ = _t(lambda: (wm @ col, dym @ col.T, wm.T @ dym))
-        tf.append(a), tb.append(bb), tg.append(g)
-    tf, tb, tg = tf[1:], tb[1:], tg[1:]
+    for _ in range(2):  # rounds of reps, convolution and floor in separate loops (see the module docstring)
+        for _ in range(reps // 2 + 2):
+            with parallel.step(np):
+                a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
+                bb, _ = _t(lambda: conv2d_backward(dy, ctx))
+            del ctx, y
+            tf.append(a), tb.append(bb)
+        del tf[-(reps // 2 + 2):-(reps // 2)], tb[-(reps // 2 + 2):-(reps // 2)]  # two warm-up repetitions
+        for _ in range(reps // 2 + 1):
+            g, _ = _t(lambda: (wm @ col, dym @ col.T, wm.T @ dym))
+            tg.append(g)
+        del tg[-(reps // 2 + 1)]
     flop = 6.0 * f * kk * pp
     fb = statistics.median(a + b for a, b in zip(tf, tb))
     gm = statistics.median(tg)
-    ratio = statistics.median((a + b) / g for a, b, g in zip(tf, tb, tg))
+    ratio = fb / gm
     print(f"conv N={n:<4d} C={c:<4d} {hw}x{hw:<3d} F={f:<4d} k={k} s={s} p={p} | "
           f"fwd {1e3 * statistics.median(tf):7.1f} ms  bwd {1e3 * statistics.median(tb):7.1f} ms  "
           f"fwd+bwd {1e3 * fb:7.1f} ms {flop / fb / 1e9:6.1f} GFLOP/s | GEMMs {1e3 * gm:7.1f} ms "

@@ -13,8 +13,9 @@ from ..models import MODELS, build_model
 def add_backend_arguments(parser) -> None:
     parser.add_argument("--backend", default=None, help="numpy (default), cupy, cupy:1, array_api_strict, torch")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="BLAS threads on the CPU (default 1: fastest for these small matrices on a busy "
-                             "machine; 0 keeps the library default); needs threadpoolctl")
+                        help="CPU threads: BLAS's, and xpcnn's worker threads on NumPy (default 1: fastest for "
+                             "these small matrices on a busy machine; 0 keeps the library default); needs "
+                             "threadpoolctl")
 
 
 def add_data_arguments(parser) -> None:
