@@ -243,13 +243,19 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
     _, cg, kh, kw = w_shape
     dev = device(x)
     if algorithm == "im2col_nhwc":
-        offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
         xh = xp.permute_dims(x, (0, 2, 3, 1))
+        fast = kernels.get("im2col_nhwc", xp)
+        if fast is not None:  # one strided-window copy per chunk from a padded copy (NumPy)
+            pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
+            col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
+            return lambda n0, n1: fast(xh, n0, n1, pbuf, col, pads, stride, dilation)
+        offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
         return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
     pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
     col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
-    return lambda n0, n1: _im2col_kmajor(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
+    im2col = kernels.get("im2col_kmajor", xp) or _im2col_kmajor
+    return lambda n0, n1: im2col(_pad_chunk(x, n0, n1, pads, pbuf), col, stride, dilation)
 
 
 def _weight_kf(xp, weight, groups: int):
