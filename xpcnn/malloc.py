@@ -9,9 +9,9 @@ Measured on the 2-core dev machine (median step ms, default -> tuned, by environ
 the resident set stays at a step's peak between steps instead of shrinking (PyTorch's performance guide
 recommends jemalloc or tcmalloc for the same reason).
 
-Applied once, at the first model step on the NumPy backend, and never where the user chose for himself
-(any ``MALLOC_*_`` environment variable set) or turned it off with
-``xpcnn.config.set_keep_freed_memory(False)`` before the first step.
+Applied once, at the first model step on the NumPy backend, and never where users tune malloc themselves
+(any ``MALLOC_*`` environment variable set) or turned it off with ``xpcnn.config.set_keep_freed_memory(False)``
+before the first step. It changes the whole process (a PyTorch model run beside it gains too).
 """
 from __future__ import annotations
 
