@@ -3,10 +3,19 @@
     python benchmarks/bench_cpu.py                       # lenet + vgg-small, 1 and 2 threads, batch 128
     python benchmarks/bench_cpu.py --models lenet --threads 1 --reps 30 --no-memory
 
+    python benchmarks/bench_cpu.py --apart --rounds 3    # each framework in its own processes, alternating
+
 Timing: for each (model, threads) the xpcnn step and the PyTorch step alternate
 (x, t, x, t, ...) so that a slow phase of a noisy machine hits both alike; we
 report medians and the median of the per-pair ratios.  A step is forward, loss,
-backward and an SGD(momentum=0.9) update, batch 128, float32.
+backward and an SGD(momentum=0.9) update, batch 128, float32.  In one process the
+two frameworks' idle thread pools disturb each other (OpenBLAS and OpenMP threads
+spin for a while after parallel work; measured: PyTorch's costs xpcnn's 2-thread
+LeNet step ~20%, vgg-small 2-5%), so ``--apart`` times each framework alone in
+fresh processes instead, alternating xpcnn and PyTorch processes for ``--rounds``
+rounds (medians of the per-round medians and ratios).  Both kinds of process keep
+freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch gets the same
+allocator setting as in the interleaved run.
 
 Memory: each (framework, model) runs in a fresh subprocess with 1 thread and
 glibc told to mmap every block of 64 KiB or more (MALLOC_MMAP_THRESHOLD_=65536),
@@ -118,6 +127,44 @@ def bench_time(models, threads_list, batch, reps):
     return rows
 
 
+def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -> None:
+    """Run in a fresh process: print the step times (s) of one framework alone."""
+    from threadpoolctl import threadpool_limits
+    from xpcnn import malloc
+    malloc.keep_freed_memory()  # the setting xpcnn applies at its first step, for both frameworks
+    model, step, data = make_xpcnn(name, batch)
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        step = make_torch(model, data)
+    with threadpool_limits(limits=threads):
+        t = time_interleaved({framework: step}, reps)[framework]
+    print(json.dumps(t))
+
+
+def bench_apart(models, threads_list, batch, reps, rounds):
+    frameworks = ["xpcnn"] + (["torch"] if have_torch() else [])
+    if len(frameworks) == 1:
+        print("PyTorch not installed: timing xpcnn only")
+    rows = []
+    for name in models:
+        for th in threads_list:
+            med: dict[str, list[float]] = {fw: [] for fw in frameworks}
+            for _ in range(rounds):
+                for fw in frameworks:
+                    r = subprocess.run([sys.executable, __file__, "--time-child", fw, name, "--batch", str(batch),
+                                        "--threads", str(th), "--reps", str(reps)],
+                                       capture_output=True, text=True, check=True)
+                    med[fw].append(statistics.median(json.loads(r.stdout.strip().splitlines()[-1])))
+            row = {"model": name, "threads": th, "apart": True, "xpcnn_ms": 1e3 * statistics.median(med["xpcnn"])}
+            if "torch" in med:
+                row["torch_ms"] = 1e3 * statistics.median(med["torch"])
+                row["ratio"] = statistics.median(a / b for a, b in zip(med["xpcnn"], med["torch"]))
+            rows.append(row)
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return rows
+
+
 def _status_kb(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -178,17 +225,24 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--apart", action="store_true", help="time each framework alone, in alternating processes")
+    ap.add_argument("--rounds", type=int, default=3, help="with --apart: xpcnn/PyTorch process pairs")
     ap.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--time-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.memory_child:
         return memory_child(a.memory_child[0], a.memory_child[1], a.batch)
+    if a.time_child:
+        return time_child(a.time_child[0], a.time_child[1], a.threads[0], a.batch, a.reps)
     import xpcnn
     vers = f"numpy {np.__version__}, xpcnn {xpcnn.__version__}"
     if have_torch():
         import torch
         vers += f", torch {torch.__version__}"
     print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}")
-    if not a.no_time:
+    if not a.no_time and a.apart:
+        bench_apart(a.models, a.threads, a.batch, a.reps, a.rounds)
+    elif not a.no_time:
         bench_time(a.models, a.threads, a.batch, a.reps)
     if not a.no_memory:
         bench_memory(a.models, a.batch)
