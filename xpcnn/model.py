@@ -7,7 +7,9 @@ import numpy as np
 
 from . import malloc, parallel
 from .backend import Backend, get_backend
+from .layers.activation import ReLU
 from .layers.module import Module
+from .layers.pool import MaxPool2d
 
 
 class Sequential(Module):
@@ -68,10 +70,29 @@ class Sequential(Module):
             malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
         # CuPy: allocate on the model's GPU, not the current one; NumPy: ops split over worker threads
         with self.backend.activate(), parallel.step(self.backend.xp):
-            for layer in self.layers:
-                x = layer.forward(x)
+            for i in self.run_order():
+                x = self.layers[i].forward(x)
         self._ctx_ready = True
         return x
+
+    reorder_relu_pool = True  # False: run the layers exactly in the order given
+
+    def run_order(self) -> list[int]:
+        """Layer indices in the order ``forward`` runs them (``backward`` runs the reverse): as given, except that
+        a ReLU directly followed by a MaxPool2d runs after it. Max pooling commutes with ReLU (the same values,
+        and the same gradients: ReLU's is zero wherever the two orders route differently), and ReLU then works on
+        the pooled array, a quarter of the size (step time, alternating processes: LeNet 0.95-0.97x, vgg-small
+        0.94-0.97x at 1 thread)."""
+        order, i, n = [], 0, len(self.layers)
+        while i < n:
+            if (self.reorder_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU
+                    and type(self.layers[i + 1]) is MaxPool2d):
+                order += [i + 1, i]
+                i += 2
+            else:
+                order.append(i)
+                i += 1
+        return order
 
     def backward(self, dy, input_grad: bool = True):
         """Back-propagate ``dy`` (gradient w.r.t. the output); returns the gradient w.r.t. the input.
@@ -92,7 +113,7 @@ class Sequential(Module):
         if not input_grad:
             stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
         with self.backend.activate(), parallel.step(self.backend.xp):
-            for i in range(len(self.layers) - 1, stop - 1, -1):
+            for i in reversed([i for i in self.run_order() if i >= stop]):  # a reordered pair never spans stop
                 layer = self.layers[i]
                 if i == stop and not input_grad:
                     if layer.can_skip_input_grad:
