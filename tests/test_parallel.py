@@ -241,3 +241,31 @@ def test_nested_shards_run_inline(workers):
     inner = parallel.run(lambda a, b: parallel.ranges(8), [(0, 1), (1, 2)])
     assert inner == [[(0, 8)], [(0, 8)]]
     assert parallel.ranges(8) == [(0, 4), (4, 8)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork: POSIX only")
+def test_a_forked_child_gets_a_working_pool(workers):
+    """After a fork only the forking thread exists: the child must not wait on the parent's pool threads."""
+    import os
+    _needs_threadpoolctl()
+    workers(2)
+    assert parallel.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: a 2-shard run must finish; exit code 0 if it does, and never return into pytest
+        ok = False
+        try:
+            config.set_num_threads(2)
+            with parallel.step(np):
+                ok = parallel.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]
+        finally:
+            os._exit(0 if ok else 1)
+    for _ in range(200):  # up to 10 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        __import__("time").sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the parent's worker pool")
+    assert os.waitstatus_to_exitcode(status) == 0

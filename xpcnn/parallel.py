@@ -15,6 +15,7 @@ added in shard order.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -115,6 +116,16 @@ def _in_shard(fn: Callable[[int, int], Any], a: int, b: int) -> Any:
         return fn(a, b)
     finally:
         _local.in_shard = outer
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist (only the forking thread survives a fork): start afresh."""
+    global _pool, _pool_size, _lock, _workers
+    _pool, _pool_size, _lock, _workers = None, 0, threading.Lock(), 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
