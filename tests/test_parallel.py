@@ -269,3 +269,17 @@ def test_a_forked_child_gets_a_working_pool(workers):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on the parent's worker pool")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_workspace_limit_holds_for_all_workers_together(workers):
+    """Each worker has its own column buffer: together they stay under the workspace limit."""
+    _needs_threadpoolctl()
+    from xpcnn.functional import conv as C
+    x, w = np.ones((8, 4, 10, 10)), np.ones((3, 4, 3, 3))
+    sample = 10 * 10 * 9 * 4 * 8  # one sample's columns, float64 bytes
+    config.set_workspace_limit(4 * sample)
+    assert conv2d_forward(x, w, None, 1, 1)[1].nb == 4
+    workers(2)
+    y, ctx = conv2d_forward(x, w, None, 1, 1)
+    assert ctx.nb == 2 and C._batch_chunk(8, sample // 8, 8, "im2col", shards=2) == 2
+    np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)

@@ -84,9 +84,10 @@ CHANNELS_LAST_MIN = 16  # C/groups from which backward's column gradient is chan
 CHUNK_TARGET = {"im2col_nhwc": 2 ** 20, "im2col": 2 * 2 ** 20}
 
 
-def _batch_chunk(n: int, sample_values: int, itemsize: int, layout: str = "im2col") -> int:
-    """Samples per chunk so that one chunk's column buffer fits the workspace limit (at least 1), and
-    :data:`CHUNK_TARGET` of ``layout`` unless columns are cached (which needs the whole batch in one chunk).
+def _batch_chunk(n: int, sample_values: int, itemsize: int, layout: str = "im2col", shards: int = 1) -> int:
+    """Samples per chunk so that the column buffers of ``shards`` workers fit the workspace limit together (at
+    least 1 sample), and :data:`CHUNK_TARGET` of ``layout`` unless columns are cached (which needs the whole
+    batch in one chunk).
 
     Chunks of ~2 MiB stay in cache between im2col, the GEMMs and col2im: against 16 MiB chunks, step time
     0.9x (lenet, vgg-small, 1 and 2 threads, interleaved) and step peak memory vgg-small 174 -> 133 MiB,
@@ -95,7 +96,7 @@ def _batch_chunk(n: int, sample_values: int, itemsize: int, layout: str = "im2co
     ow-innermost ones (few channels, short copies) slower (LeNet 18.1 vs 16.8 ms, 20.8 vs 16.5 ms), and
     larger chunks there cost memory (LeNet step peak 10.2 MiB at 2 MiB, 16.0 at 4 MiB, torch 9.1).
     """
-    limit = config.get_workspace_limit()
+    limit = config.get_workspace_limit() // max(1, shards)
     if not config.get_cache_columns():
         limit = min(limit, CHUNK_TARGET[layout])
     return max(1, min(n, limit // max(1, sample_values * itemsize)))
@@ -314,8 +315,8 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     f, cg, kh, kw = weight.shape
     wk = _weight_kf(xp, weight, groups)
     layout = _column_layout(c, groups)
-    nb = _batch_chunk(n, oh * ow * kh * kw * c, itemsize(xp, x.dtype), layout)
     parts = parallel.ranges(n)
+    nb = _batch_chunk(n, oh * ow * kh * kw * c, itemsize(xp, x.dtype), layout, len(parts))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
         cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb)(0, n)
         y = cm @ wk if layout == "im2col_nhwc" else _gemm_forward(xp, cm, wk, groups)
