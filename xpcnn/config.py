@@ -16,7 +16,8 @@ _cache_columns = False
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
-    """Largest im2col buffer in bytes (``None`` restores the 16 MiB default). At least one sample per chunk."""
+    """Largest im2col buffer in bytes, for all worker threads together (``None`` restores the 16 MiB default).
+    At least one sample per chunk."""
     global _workspace_limit
     if nbytes is None:
         nbytes = DEFAULT_WORKSPACE_LIMIT
