@@ -260,3 +260,25 @@ def test_conv2d_layer_gradients_through_model_numerical(rng):
     dx = model.backward(dy)
     check_grads(lambda x_, w_, b_: model.forward(x_), [x, layer.weight.data, layer.bias.data],
                 [dx, layer.weight.grad.copy(), layer.bias.grad.copy()], dy, names=["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("c, f, kernel, pad, dil", [
+    (2, 16, (3, 3), 1, 1),        # many output channels: flat shifts summed per kernel offset
+    (2, 16, (3, 2), (2, 1), 2),
+    (3, 4, (3, 3), 1, 1),         # few output channels: per kernel row (one GEMM over kw shifted copies)
+    (1, 3, (5, 5), 2, 1),
+    (2, 3, (2, 3), (0, 2), (2, 1)),
+])
+def test_flat_input_gradient_both_ways_match_loop_reference(c, f, kernel, pad, dil, rng):
+    """The "flat" input gradient (few channels, stride 1) sums its shifted runs per kernel offset or per kernel
+    row, whichever moves less data: both against the loop reference in float64."""
+    x, wt = rng.standard_normal((3, c, 7, 8)), rng.standard_normal((f, c) + kernel)
+    y, ctx = F.conv2d_forward(x, wt, None, 1, pad, dil)
+    assert conv_module.backward_algorithm(ctx) == "flat"
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    pads = ref.pads_of(pair(pad), kernel, pair(dil), (1, 1))
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, _ = ref.conv2d_backward(dy, x, wt, (1, 1), pads, pair(dil), 1)
+    dx, dw, _ = F.conv2d_backward(dy, ctx)
+    assert_close(dx, dx_ref, 1e-10, "flat dx")
+    assert_close(dw, dw_ref, 1e-10, "dweight")

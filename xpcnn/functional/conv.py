@@ -216,30 +216,41 @@ def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
     ``dx``), by flat shifts. With ``dY`` padded to the padded input's width Wp and flattened, the contribution of
     kernel offset ``(i, j)`` lands on the flattened padded plane shifted by ``i*d*Wp + j*d``, as one contiguous
     run per sample and channel (the padding columns of ``dY`` are zero, and wrap onto the plane's padding).
-    Grouped by kernel row: ``T_i = sum_j W_ij.T @ dY shifted by j*d`` is one GEMM over kw shifted copies of
-    ``dY`` (K = kw*F), then kh adds of ``T_i`` shifted by ``i*d*Wp``. LeNet conv2 (6 -> 16, 5x5 at 14x14)
-    backward, 1 thread: 6.1 ms with col2im, 4.9 with 25 shifted adds, 3.7 with 5."""
+
+    Two ways to sum them, chosen by the data each moves: per offset (one GEMM ``W.T @ dY``, kh*kw shifted adds of
+    C rows each), or per kernel row (one GEMM over kw shifted copies of ``dY``, K = kw*F, then kh adds), which
+    wins where F is small against kh*C. LeNet conv2 (6 -> 16, 5x5 at 14x14) backward, 1 thread: 6.1 ms with
+    col2im, 4.9 per offset, 3.7 per row; vgg conv1 (3 -> 32, 3x3) 13.5 per offset, 26.3 per row."""
     m, f = dym.shape[0] // (oh * ow), dym.shape[1]
     c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
     top, left = pads[0], pads[2]
     hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
     dev = device(dym)
-    lead, p = dilation[1] * (kw - 1), m * oh * wp  # zeros in front: the shifted copies read up to `lead` back
-    dyt = xp.zeros((f, lead + p), dtype=dym.dtype, device=dev)
-    rows = xp.reshape(dyt[:, lead:], (f, m, oh, wp))
-    rows[:, :, :, 0:ow] = xp.permute_dims(xp.reshape(dym, (m, oh, ow, f)), (3, 0, 1, 2))
-    taps = xp.empty((kw, f, p), dtype=dym.dtype, device=dev)
-    for j in range(kw):
-        taps[j, ...] = dyt[:, lead - j * dilation[1]:lead - j * dilation[1] + p]
-    wt = xp.reshape(xp.permute_dims(weight, (2, 1, 3, 0)), (kh * c, kw * f))  # rows (i, c), columns (j, f)
-    t = xp.reshape(wt @ xp.reshape(taps, (kw * f, p)), (kh, c, m, oh * wp))
-    t = xp.permute_dims(t, (0, 2, 1, 3))  # (kh, m, C, oh*Wp)
+    p = m * oh * wp
+    if kw * f < 3 * kh * (kw - 1) * c:  # per kernel row; dY transposed (F small: a cheap copy), rows padded to Wp
+        lead = dilation[1] * (kw - 1)  # zeros in front: the shifted copies read up to `lead` back
+        dyt = xp.zeros((f, lead + p), dtype=dym.dtype, device=dev)
+        xp.reshape(dyt[:, lead:], (f, m, oh, wp))[:, :, :, 0:ow] = xp.permute_dims(
+            xp.reshape(dym, (m, oh, ow, f)), (3, 0, 1, 2))
+        taps = xp.empty((kw, f, p), dtype=dym.dtype, device=dev)
+        for j in range(kw):
+            taps[j, ...] = dyt[:, lead - j * dilation[1]:lead - j * dilation[1] + p]
+        wt = xp.reshape(xp.permute_dims(weight, (2, 1, 3, 0)), (kh * c, kw * f))  # rows (i, c), columns (j, f)
+        t = xp.reshape(wt @ xp.reshape(taps, (kw * f, p)), (kh, c, m, oh * wp))
+        shifts, run = [i * dilation[0] * wp for i in range(kh)], oh * wp
+    else:  # per kernel offset; dY rows padded to Wp, channels innermost (the GEMM reads them transposed)
+        dyp = xp.zeros((m, oh, wp, f), dtype=dym.dtype, device=dev)
+        dyp[:, :, 0:ow, :] = xp.reshape(dym, (m, oh, ow, f))
+        wk = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (kh * kw * c, f))  # rows (i, j, c)
+        t = xp.reshape(wk @ xp.matrix_transpose(xp.reshape(dyp, (p, f))), (kh * kw, c, m, oh * wp))
+        shifts = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
+        run = (oh - 1) * wp + ow
+    t = xp.permute_dims(t, (0, 2, 1, 3))  # (shifts, m, C, oh*Wp): one permutation for all
     plane = xp.zeros((m, c, hp * wp), dtype=dym.dtype, device=dev)
     add = _adder(xp)
-    for i in range(kh):
-        s = i * dilation[0] * wp
-        add(plane, (slice(None), slice(None), slice(s, s + oh * wp)), t[i, ...])
+    for k, s in enumerate(shifts):
+        add(plane, (slice(None), slice(None), slice(s, s + run)), t[k, :, :, 0:run])
     dx[n0:n0 + m, ...] = xp.reshape(plane, (m, c, hp, wp))[:, :, top:top + h, left:left + w]
     return dx
 
