@@ -95,7 +95,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
             running_var = (1 - momentum) * running_var + momentum * (var * (count / (count - 1)))
     else:
         mean, var = running_mean, running_var
-        centered = _affine(xp, m, xp.ones_like(mean), -mean, g)
+        centered = m - _tile(xp, mean, g)
     inv_std = 1.0 / xp.sqrt(var + eps)
     scale = inv_std if weight is None else weight * inv_std
     y = _affine(xp, centered, scale, bias, g)
