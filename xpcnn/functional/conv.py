@@ -84,7 +84,7 @@ CHANNELS_LAST_MIN = 16  # C/groups from which backward's column gradient is chan
 CHUNK_TARGET = {"im2col_nhwc": 2 ** 20, "im2col": 2 * 2 ** 20}
 
 
-def _batch_chunk(n: int, sample_values: int, itemsize: int, layout: str = "im2col", shards: int = 1) -> int:
+def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im2col", shards: int = 1) -> int:
     """Samples per chunk so that the column buffers of ``shards`` workers fit the workspace limit together (at
     least 1 sample), and :data:`CHUNK_TARGET` of ``layout`` unless columns are cached (which needs the whole
     batch in one chunk).
@@ -99,7 +99,7 @@ def _batch_chunk(n: int, sample_values: int, itemsize: int, layout: str = "im2co
     limit = config.get_workspace_limit() // max(1, shards)
     if not config.get_cache_columns():
         limit = min(limit, CHUNK_TARGET[layout])
-    return max(1, min(n, limit // max(1, sample_values * itemsize)))
+    return max(1, min(n, limit // max(1, sample_values * value_bytes)))
 
 
 def _pad_chunk(x, n0: int, n1: int, pads, buf):
@@ -408,8 +408,9 @@ def backward_algorithm(ctx: ConvContext) -> str:
     columns at stride 1; else col2im from the forward's column layout."""
     if _use_transposed(ctx):
         return "transposed"
-    flat = ctx.algorithm == "im2col" and ctx.groups == 1 and ctx.stride == (1, 1) and ctx.weight.shape[1] < CHANNELS_LAST_MIN
-    return "flat" if flat and config.get_conv_algorithm() == "auto" else ctx.algorithm
+    flat = (config.get_conv_algorithm() == "auto" and ctx.algorithm == "im2col" and ctx.groups == 1
+            and ctx.stride == (1, 1) and ctx.weight.shape[1] < CHANNELS_LAST_MIN)
+    return "flat" if flat else ctx.algorithm
 
 
 DW_BLOCK = 1024  # rows of the weight gradient's reduction per GEMM (measured, see _long_matmul)
@@ -449,11 +450,12 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     dev = device(dy)
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
-    transposed = need_dx and backward_algorithm(ctx) == "transposed"
+    dx_algorithm = backward_algorithm(ctx) if need_dx else None
+    transposed = dx_algorithm == "transposed"
     need_dcol = need_dx and not transposed
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
-    flat = need_dcol and backward_algorithm(ctx) == "flat"
+    flat = dx_algorithm == "flat"
     dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dcol else None
     wkt = xp.matrix_transpose(wk)
 
