@@ -3,7 +3,7 @@
     python benchmarks/bench_cpu.py                       # lenet + vgg-small, 1 and 2 threads, batch 128
     python benchmarks/bench_cpu.py --models lenet --threads 1 --reps 30 --no-memory
 
-    python benchmarks/bench_cpu.py --apart --rounds 3    # each framework in its own processes, alternating
+    python benchmarks/bench_cpu.py --apart --rounds 3    # each framework alone, processes alternating
 
 Timing: for each (model, threads) the xpcnn step and the PyTorch step alternate
 (x, t, x, t, ...) so that a slow phase of a noisy machine hits both alike; we
@@ -80,6 +80,16 @@ def make_torch(model, data):
     return step
 
 
+def make_step(framework: str, name: str, batch: int, threads: int):
+    """The training step of ``framework`` ("xpcnn" or "torch") on model ``name`` (same weights either way)."""
+    model, step, data = make_xpcnn(name, batch)
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        step = make_torch(model, data)
+    return step
+
+
 def have_torch() -> bool:
     try:
         import torch  # noqa: F401
@@ -132,11 +142,7 @@ def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -
     from threadpoolctl import threadpool_limits
     from xpcnn import malloc
     malloc.keep_freed_memory()  # the setting xpcnn applies at its first step, for both frameworks
-    model, step, data = make_xpcnn(name, batch)
-    if framework == "torch":
-        import torch
-        torch.set_num_threads(threads)
-        step = make_torch(model, data)
+    step = make_step(framework, name, batch, threads)
     with threadpool_limits(limits=threads):
         t = time_interleaved({framework: step}, reps)[framework]
     print(json.dumps(t))
@@ -178,19 +184,12 @@ def memory_child(framework: str, name: str, batch: int) -> None:
     from threadpoolctl import threadpool_limits
     import gc
 
-    def build():
-        model, step, data = make_xpcnn(name, batch)
-        if framework == "torch":
-            import torch
-            torch.set_num_threads(1)
-            step = make_torch(model, data)
-        return step
     with threadpool_limits(limits=1):
-        step = build()
+        step = make_step(framework, name, batch, 1)
         step(); step()  # warm-up (libraries, thread pools), then a fresh model without saved state
         del step
         gc.collect()
-        step = build()
+        step = make_step(framework, name, batch, 1)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         base = _status_kb("VmRSS")
