@@ -101,6 +101,7 @@ def _transposable(case):
 
 FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "flat" for groups 1)
           "im2col_nhwc": [c for c in GRID if c[0] == 1],
+          "im2col_blocked": [c for c in GRID if c[0] == 1],
           "transposed": [c for c in GRID if _transposable(c)]}
 FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
@@ -146,8 +147,12 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
         return ctx.algorithm, conv_module.backward_algorithm(ctx)
     assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "transposed")
     assert paths((1, 16, 16, 16), (8, 16, 3, 3)) == ("im2col_nhwc", "transposed")
-    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col", "flat")              # few channels, stride 1
-    assert paths((1, 8, 32, 32), (8, 8, 3, 3), stride=2) == ("im2col", "im2col")
+    assert paths((1, 8, 32, 32), (32, 8, 3, 3)) == ("im2col", "flat")             # few channels, stride 1
+    assert paths((1, 8, 32, 32), (32, 8, 3, 3), stride=2) == ("im2col", "im2col")
+    # few channels and filters: width-blocked columns (B = 4 outputs of 8 filters per row here)
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col_blocked", "flat")
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3), stride=2) == ("im2col_blocked", "im2col")
+    assert paths((1, 8, 31, 31), (8, 8, 3, 3)) == ("im2col", "flat")              # ow = 31: no block divides it
     assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")

@@ -48,7 +48,8 @@ def test_conv_fast_paths_match_portable(case, settings):
     config.set_workspace_limit(None)
     ref = _run(case, 7)
     for fast, limit, cache, algo in itertools.product([False, True], [1, 3000, 10 ** 9], [False, True],
-                                                      ["im2col", "im2col_nhwc", "transposed"]):
+                                                      ["auto", "im2col", "im2col_nhwc", "im2col_blocked",
+                                                       "transposed"]):
         config.set_fast_paths(fast)
         config.set_workspace_limit(limit)  # 1 byte: one sample per chunk; 3000: some chunks of several
         config.set_cache_columns(cache)

@@ -54,13 +54,15 @@ def get_fast_paths() -> bool:
 
 
 _conv_algorithm = "auto"
-_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "transposed")
+_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "im2col_blocked", "transposed")
 
 
 def set_conv_algorithm(name: str | None) -> None:
     """How convolutions run: ``"auto"`` (default: the layouts and backward that measured fastest per shape, see
     ``functional.conv``), ``"im2col"`` (ow-innermost columns, forward and backward), ``"im2col_nhwc"``
-    (channels-innermost columns for every ungrouped convolution, input gradient by col2im) or ``"transposed"``
+    (channels-innermost columns for every ungrouped convolution, input gradient by col2im), ``"im2col_blocked"``
+    (width-blocked columns for every ungrouped convolution whose output width has a divisor from 2 to 8, input
+    gradient by col2im) or ``"transposed"``
     (the input gradient as a transposed convolution wherever it applies: stride 1, groups 1). Tests use them to
     cover each path on small shapes; ``None`` restores "auto"."""
     global _conv_algorithm
