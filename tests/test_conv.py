@@ -153,6 +153,9 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
     assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col_blocked", "flat")
     assert paths((1, 8, 32, 32), (8, 8, 3, 3), stride=2) == ("im2col_blocked", "im2col")
     assert paths((1, 8, 31, 31), (8, 8, 3, 3)) == ("im2col", "flat")              # ow = 31: no block divides it
+    for xs, ws, pad, block in [((1, 1, 28, 28), (6, 1, 5, 5), 2, 4), ((1, 6, 14, 14), (16, 6, 5, 5), 0, 2)]:
+        ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, 1, pad)[1]
+        assert (ctx.algorithm, ctx.block) == ("im2col_blocked", block)  # LeNet's convs: B*F >= 24
     assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")

@@ -272,9 +272,9 @@ def _im2col_blocked(xh, n0: int, n1: int, pbuf, col, pads, stride, dilation, blo
     nb, oh, owb, kh, span, c = col.shape
     step = stride[1] * block
     for i in range(kh):
-        r = i * dilation[0]
+        rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
         for u in range(span):
-            col[0:m, :, :, i, u, :] = pbuf[0:m, r:r + stride[0] * (oh - 1) + 1:stride[0], u:u + step * (owb - 1) + 1:step, :]
+            col[0:m, :, :, i, u, :] = pbuf[0:m, rows, u:u + step * (owb - 1) + 1:step, :]
     return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * owb, kh * span * c))
 
 
