@@ -102,7 +102,8 @@ def _transposable(case):
 FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "flat" for groups 1)
           "im2col_nhwc": [c for c in GRID if c[0] == 1],
           "im2col_blocked": [c for c in GRID if c[0] == 1],
-          "transposed": [c for c in GRID if _transposable(c)]}
+          "transposed": [c for c in GRID if _transposable(c)],
+          "polyphase": [c for c in GRID if c[0] == 1]}
 FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
 
@@ -117,7 +118,7 @@ def _took(algo, case, rng):
     """The path ``algo`` names is the one a convolution of ``case`` takes."""
     x, wt, b, groups, *_ = _data(case, rng)
     ctx = F.conv2d_forward(x, wt, b, case[2], case[3], case[4], groups)[1]
-    return (ctx.algorithm if algo != "transposed" else conv_module.backward_algorithm(ctx)) == algo
+    return (conv_module.backward_algorithm(ctx) if algo in ("transposed", "polyphase") else ctx.algorithm) == algo
 
 
 @pytest.mark.parametrize("conv_algorithm, case", FORCED_CASES, indirect=["conv_algorithm"],
@@ -156,7 +157,9 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
     for xs, ws, pad, block in [((1, 1, 28, 28), (6, 1, 5, 5), 2, 4), ((1, 6, 14, 14), (16, 6, 5, 5), 0, 2)]:
         ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, 1, pad)[1]
         assert (ctx.algorithm, ctx.block) == ("im2col_blocked", block)  # LeNet's convs: B*F >= 24
-    assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3), stride=2) == ("im2col_nhwc", "polyphase")  # strided: by phases
+    assert paths((1, 32, 32, 32), (64, 32, 3, 3), stride=2) == ("im2col_nhwc", "im2col_nhwc")  # F > C: col2im
+    assert paths((1, 32, 32, 32), (8, 32, 1, 1), stride=2) == ("im2col_nhwc", "im2col_nhwc")  # no overlap: col2im
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")
     try:

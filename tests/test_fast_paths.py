@@ -49,7 +49,7 @@ def test_conv_fast_paths_match_portable(case, settings):
     ref = _run(case, 7)
     for fast, limit, cache, algo in itertools.product([False, True], [1, 3000, 10 ** 9], [False, True],
                                                       ["auto", "im2col", "im2col_nhwc", "im2col_blocked",
-                                                       "transposed"]):
+                                                       "transposed", "polyphase"]):
         config.set_fast_paths(fast)
         config.set_workspace_limit(limit)  # 1 byte: one sample per chunk; 3000: some chunks of several
         config.set_cache_columns(cache)

@@ -22,10 +22,13 @@ Backward: ``dW = col.T @ dY`` from recomputed columns. The input gradient is ``d
 col2im, except for channels-innermost convolutions at stride 1 (:func:`_use_transposed`): there it is the
 forward convolution of ``dY`` with the flipped, transposed weight ("transposed"), which runs the forward's fast
 GEMM (K = kh*kw*F) instead of a short one (K = F) and needs no col2im: vgg-small conv backward, 1 thread,
-32->32 at 32x32 82.7 -> 60.5 ms, 64->64 at 16x16 51.3 -> 43.1 ms, no slower elsewhere.
+32->32 at 32x32 82.7 -> 60.5 ms, 64->64 at 16x16 51.3 -> 43.1 ms, no slower elsewhere. At stride > 1 the same
+idea, one phase of the stride at a time ("polyphase", :func:`_polyphase_dx`, where :func:`_use_polyphase`
+measured it faster).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
@@ -505,6 +508,80 @@ def _transposed_dx(xp, dy, ctx):
     return xp.permute_dims(xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
 
 
+def _use_polyphase(ctx) -> bool:
+    """Input gradient by phases (:func:`_polyphase_dx`)? Groups 1; forced ("polyphase") at any stride; under
+    "auto" where it measured faster than col2im: stride > 1 after a channels-innermost forward, windows that
+    overlap (a dilated kernel wider than the stride) and no more filters than channels.
+
+    Input gradient, 1 thread, batch 64 (32 for 128 -> 256), 3x3 stride 2 unless said, col2im -> phases (ms):
+    64 -> 64 at 32x32 21.8 -> 16.1 (2 threads 24.4 -> 11.2), 5x5 64 -> 64 51.9 -> 32.5, 128 -> 128 at 16x16
+    13.8 -> 11.6, 32 -> 32 8.3 -> 6.6, 16 -> 16 4.2 -> 3.0 (2 threads 3.2 -> 3.4); with twice the filters no
+    gain (64 -> 128 30.5 -> 31.0, 128 -> 256 10.5 -> 10.9, 32 -> 64 10.2 -> 10.5); 1x1 stride 2 (no overlap)
+    0.9 -> 1.2; few channels (ow-innermost forward) slower: 8 -> 32 3.0 -> 3.9, 7x7 3 -> 64 13.5 -> 57."""
+    algo = config.get_conv_algorithm()
+    if ctx.groups != 1 or algo not in ("auto", "polyphase"):
+        return False
+    if algo == "polyphase":
+        return True
+    f, c, kh, kw = ctx.weight.shape
+    (sh, sw), (dh, dw) = ctx.stride, ctx.dilation
+    overlap = dh * (kh - 1) + 1 > sh or dw * (kw - 1) + 1 > sw
+    return ctx.stride != (1, 1) and ctx.algorithm == "im2col_nhwc" and overlap and f <= c
+
+
+def _phases(size: int, osize: int, k: int, s: int, d: int, pad: int) -> list:
+    """Along one axis of a convolution (input ``size``, output ``osize``, kernel ``k``, stride ``s``, dilation
+    ``d``, leading padding ``pad``): for each phase ``r`` (input positions ``r, r+s, ...``, ``q`` of them), the
+    stride-1 correlation of ``dY`` that gives the input gradient there, ``(r, q, sub)`` with ``sub`` None where no
+    tap reaches the phase, else ``(taps, dil, crop, pads)``: the kernel taps as a slice (the sub-kernel is
+    their reverse: largest index first), the sub-kernel's dilation, the ``(top, bottom)`` rows of ``dY`` it never reads and its ``(top, bottom)``
+    padding.
+
+    Input position ``h = s*q + r`` receives tap ``i`` from output ``q + e_i``, ``e_i = (r + pad - d*i) / s``,
+    wherever that division is exact: taps ``s/g`` apart (``g = gcd(s, d)``) whose ``e_i`` are ``d/g`` apart."""
+    out, g = [], math.gcd(s, d)
+    for r in range(min(s, size)):
+        q = len(range(r, size, s))
+        first = [i for i in range(k) if (r + pad - d * i) % s == 0]
+        if not first:
+            out.append((r, q, None))
+            continue
+        i0, kr, dil = first[-1], len(first), d // g
+        e0 = (r + pad - d * i0) // s
+        top, bottom = -e0, q - osize + e0 + dil * (kr - 1)
+        taps = slice(first[0], i0 + 1, s // g)
+        out.append((r, q, (taps, dil, (max(0, -top), max(0, -bottom)), (max(0, top), max(0, bottom)))))
+    return out
+
+
+def _polyphase_dx(xp, dy, ctx):
+    """``dX`` of an ungrouped convolution at any stride, one phase at a time: the input positions ``(r, c) +
+    stride*(q, p)`` receive only the taps ``i`` with ``d*i = r + pad (mod s)``, so their gradient is a stride-1
+    convolution of ``dY`` with that sub-kernel, flipped and channel-swapped (:func:`_phases`): s_h*s_w forward
+    convolutions with the forward's fast GEMM, and no col2im (64 -> 64 channels, 3x3, stride 2, 32x32, batch
+    64, 1 thread: 22.4 ms by col2im, 14.5 ms by phases). At stride 1 it is :func:`_transposed_dx`, padding
+    beyond the kernel included (cropped ``dY``). Channels-last ``(N, C, H, W)`` view."""
+    n, c, h, w = ctx.x.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    (sh, sw), (dh, dw) = ctx.stride, ctx.dilation
+    rows_h = _phases(h, oh, ctx.weight.shape[2], sh, dh, ctx.pads[0])
+    rows_w = _phases(w, ow, ctx.weight.shape[3], sw, dw, ctx.pads[2])
+    wt = xp.permute_dims(ctx.weight, (1, 0, 2, 3))  # (C, F, kh, kw): dY's F channels in, C out
+    dx = xp.zeros((n, h, w, c), dtype=dy.dtype, device=device(dy))
+    for rh, qh, sub_h in rows_h:
+        for rw, qw, sub_w in rows_w:
+            if sub_h is None or sub_w is None:
+                continue  # no tap reaches these positions: their gradient is zero
+            (taps_h, dil_h, (ct, cb), pads_h), (taps_w, dil_w, (cl, cr), pads_w) = sub_h, sub_w
+            if oh - ct - cb < 1 or ow - cl - cr < 1:
+                continue  # every tap lands in the padding
+            sub = xp.flip(wt[:, :, taps_h, taps_w], axis=(2, 3))  # no negative-step slices: torch has none
+            rows = _forward_rows(xp, dy[:, :, ct:oh - cb, cl:ow - cr], sub, pads_h + pads_w, (1, 1),
+                                 (dil_h, dil_w), 1, qh, qw)[0]
+            dx[:, rh:rh + sh * (qh - 1) + 1:sh, rw:rw + sw * (qw - 1) + 1:sw, :] = xp.reshape(rows, (n, qh, qw, c))
+    return xp.permute_dims(dx, (0, 3, 1, 2))
+
+
 def backward_algorithm(ctx: ConvContext) -> str:
     """How :func:`conv2d_backward` computes the input gradient for ``ctx``: "transposed" where
     :func:`_use_transposed` says so; under "auto", "flat" (:func:`_col2im_flat`) for ungrouped few-channel
@@ -512,6 +589,8 @@ def backward_algorithm(ctx: ConvContext) -> str:
     width-blocked columns, by channel count)."""
     if _use_transposed(ctx):
         return "transposed"
+    if _use_polyphase(ctx):
+        return "polyphase"
     few = ctx.weight.shape[1] < CHANNELS_LAST_MIN
     flat = (config.get_conv_algorithm() == "auto" and ctx.algorithm in ("im2col", "im2col_blocked")
             and ctx.groups == 1 and ctx.stride == (1, 1) and few)
@@ -560,8 +639,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
     dx_algorithm = backward_algorithm(ctx) if need_dx else None
-    transposed = dx_algorithm == "transposed"
-    need_dcol = need_dx and not transposed
+    by_convolution = dx_algorithm in ("transposed", "polyphase")  # dx as forward convolutions of dY, after dW
+    need_dcol = need_dx and not by_convolution
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     flat = dx_algorithm == "flat"
@@ -621,8 +700,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
-    if transposed:
-        return _transposed_dx(xp, dy, ctx), dw, db
+    if by_convolution:
+        return (_transposed_dx if dx_algorithm == "transposed" else _polyphase_dx)(xp, dy, ctx), dw, db
     if dx is None:
         return None, dw, db
     if clast:
