@@ -534,8 +534,8 @@ def _phases(size: int, osize: int, k: int, s: int, d: int, pad: int) -> list:
     ``d``, leading padding ``pad``): for each phase ``r`` (input positions ``r, r+s, ...``, ``q`` of them), the
     stride-1 correlation of ``dY`` that gives the input gradient there, ``(r, q, sub)`` with ``sub`` None where no
     tap reaches the phase, else ``(taps, dil, crop, pads)``: the kernel taps as a slice (the sub-kernel is
-    their reverse: largest index first), the sub-kernel's dilation, the ``(top, bottom)`` rows of ``dY`` it never reads and its ``(top, bottom)``
-    padding.
+    their reverse: largest index first), the sub-kernel's dilation, the ``(top, bottom)`` rows of ``dY`` it
+    never reads and its ``(top, bottom)`` padding.
 
     Input position ``h = s*q + r`` receives tap ``i`` from output ``q + e_i``, ``e_i = (r + pad - d*i) / s``,
     wherever that division is exact: taps ``s/g`` apart (``g = gcd(s, d)``) whose ``e_i`` are ``d/g`` apart."""
