@@ -71,6 +71,10 @@ def test_workspace_limit_bounds_the_column_buffer(settings):
     y, ctx = conv2d_forward(x, np.ones((2, 3, 3, 3)), None, 1, 1)
     assert ctx.nb == 1
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
+    # width-blocked columns (8 filters: B = 4): a sample's are 32*8*3*6*3*8 = 108 KiB, two fit in 2**18 bytes
+    y, ctx = conv2d_forward(x, np.ones((8, 3, 3, 3)), None, 1, 1)
+    assert (ctx.algorithm, ctx.block, ctx.nb) == ("im2col_blocked", 4, 2)
+    np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
 
 
 def test_workspace_limit_validation():
