@@ -620,8 +620,9 @@ def _long_matmul(xp, a, b):
 def conv2d_backward(dy, ctx):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (dbias is None without bias).
 
-    Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, ``dcol = dY @ W.T``, col2im; or, where
-    :func:`backward_algorithm` says "transposed", dx as one more (transposed) convolution.
+    Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, then dx as :func:`backward_algorithm`
+    says: ``dcol = dY @ W.T`` and col2im, flat shifts, or after dW as forward convolutions of ``dY``
+    ("transposed", "polyphase").
     """
     return conv2d_backward_params(dy, ctx, need_dx=True)
 
@@ -662,28 +663,25 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
             dym = dyh[p0:p1, :]
             if blocked:
                 part = _long_matmul(xp, xp.matrix_transpose(cm), xp.reshape(dym, ((p1 - p0) // block, block * f)))
-                if need_dcol and not flat:
-                    dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
             elif algorithm == "im2col_nhwc":
                 part = _long_matmul(xp, xp.matrix_transpose(cm), dym)  # (K, F)
-                if need_dcol:
-                    dcol = dym @ wkt  # (P, K)
             elif g == 1:
                 part = _long_matmul(xp, xp.reshape(cm, (k, p1 - p0)), dym)  # (K, F)
-                if need_dcol and not flat:
-                    dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
             else:
                 dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
                 part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
-                if need_dcol:
-                    dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
-                            else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
             dwk = part if dwk is None else dwk + part
             if not need_dcol:
                 continue
             if flat:
                 _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh, ow)
-            elif clast:
+                continue
+            if g == 1:
+                dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
+            else:
+                dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
+                        else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
+            if clast:
                 _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
             else:
                 _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
