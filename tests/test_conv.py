@@ -164,6 +164,8 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
     xpcnn.config.set_conv_algorithm("im2col")
     try:
         assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col", "im2col")
+        xpcnn.config.set_conv_algorithm("polyphase")  # forced at stride 1 too, where auto would transpose
+        assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "polyphase")
     finally:
         xpcnn.config.set_conv_algorithm(None)
     with pytest.raises(ValueError):

@@ -489,8 +489,8 @@ def _use_transposed(ctx) -> bool:
     """Input gradient as a transposed convolution? Stride 1, groups 1, padding within the dilated kernel; under
     "auto" only after a channels-innermost forward (measured faster there, see the module docstring)."""
     algo = config.get_conv_algorithm()
-    if algo in ("im2col", "im2col_nhwc") or ctx.groups != 1 or ctx.stride != (1, 1):
-        return False
+    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1):
+        return False  # another path is forced
     if _transposed_pads(ctx.pads, ctx.weight.shape[2:], ctx.dilation) is None:
         return False
     return algo == "transposed" or ctx.algorithm == "im2col_nhwc"
