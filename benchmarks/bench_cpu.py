@@ -4,18 +4,29 @@
     python benchmarks/bench_cpu.py --models lenet --threads 1 --reps 30 --no-memory
 
     python benchmarks/bench_cpu.py --apart --rounds 3    # each framework alone, processes alternating
+    python benchmarks/bench_cpu.py --parallel threads    # xpcnn's per-op threads instead of worker processes
 
-Timing: for each (model, threads) the xpcnn step and the PyTorch step alternate
-(x, t, x, t, ...) so that a slow phase of a noisy machine hits both alike; we
-report medians and the median of the per-pair ratios.  A step is forward, loss,
-backward and an SGD(momentum=0.9) update, batch 128, float32.  In one process the
-two frameworks' idle thread pools disturb each other (OpenBLAS and OpenMP threads
-spin for a while after parallel work; measured: PyTorch's costs xpcnn's 2-thread
-LeNet step ~20%, vgg-small 2-5%), so ``--apart`` times each framework alone in
-fresh processes instead, alternating xpcnn and PyTorch processes for ``--rounds``
-rounds (medians of the per-round medians and ratios).  Both kinds of process keep
-freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch gets the same
-allocator setting as in the interleaved run.
+Timing: for each (model, threads) the xpcnn steps and the PyTorch steps alternate in
+blocks (``--block`` steps of xpcnn, then of PyTorch, and again) so that a slow phase
+of a noisy machine hits both alike; we report medians and the median of the per-pair
+ratios (the i-th step of each).  A step is forward, loss, backward and an
+SGD(momentum=0.9) update, batch 128, float32.  The first step after each switch is
+run but not timed, for both frameworks: PyTorch's OpenMP threads keep spinning for
+several milliseconds after its step (libgomp's default spin count) and take a core
+from whatever runs next (measured, LeNet at 2 threads: the first xpcnn step after
+PyTorch's 14.0 ms, the next five 6.7-7.1 ms; with GOMP_SPINCOUNT=10000 xpcnn 7.1 ms
+and PyTorch 6.4 instead of 6.1). Alternating single steps (``--block 1``, the method of
+the earlier RESULTS.md sections) charges that to xpcnn.  ``--apart`` times each
+framework alone in fresh processes instead, alternating xpcnn and PyTorch processes
+for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kinds of
+process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch
+gets the same allocator setting as in the interleaved run.
+
+Parallelism (more than one thread): ``--parallel processes`` (default) lets xpcnn run the batch on worker
+processes (``config.set_parallel_mode("processes")``, one process per thread, each running the whole model
+on its shard) where the model allows it (LeNet: every layer treats samples independently); vgg-small's
+batch norm needs the whole batch, so it uses per-op threads either way. The ``parallel`` column says
+which ran. PyTorch always uses its intra-op threads.
 
 Memory: each (framework, model) runs in a fresh subprocess with 1 thread and
 glibc told to mmap every block of 64 KiB or more (MALLOC_MMAP_THRESHOLD_=65536),
@@ -98,20 +109,25 @@ def have_torch() -> bool:
         return False
 
 
-def time_interleaved(fns: dict, reps: int, warmup: int = 3) -> dict[str, list[float]]:
+def time_interleaved(fns: dict, reps: int, warmup: int = 3, block: int = 1) -> dict[str, list[float]]:
+    """``reps`` step times of each function, alternating blocks of ``block`` timed steps, each block after one
+    untimed step (see the module docstring; with ``block=1`` and one function: plain repetitions)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
+    while len(out[next(iter(fns))]) < reps:
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            out[k].append(time.perf_counter() - t0)
+            if len(fns) > 1 and block > 1:
+                f()  # the switch: not timed
+            for _ in range(min(block, reps - len(out[k]))):
+                t0 = time.perf_counter()
+                f()
+                out[k].append(time.perf_counter() - t0)
     return out
 
 
-def bench_time(models, threads_list, batch, reps):
+def bench_time(models, threads_list, batch, reps, block):
     from threadpoolctl import threadpool_limits
     torch_ok = have_torch()
     if not torch_ok:
@@ -120,6 +136,7 @@ def bench_time(models, threads_list, batch, reps):
     for name in models:
         model, xstep, data = make_xpcnn(name, batch)
         fns = {"xpcnn": xstep}
+        mode = parallel_used(model)
         if torch_ok:
             fns["torch"] = make_torch(model, data)
         for th in threads_list:
@@ -127,14 +144,23 @@ def bench_time(models, threads_list, batch, reps):
                 import torch
                 torch.set_num_threads(th)
             with threadpool_limits(limits=th):
-                t = time_interleaved(fns, reps)
-            row = {"model": name, "threads": th, "xpcnn_ms": 1e3 * statistics.median(t["xpcnn"])}
+                t = time_interleaved(fns, reps, block=block)
+            row = {"model": name, "threads": th, "parallel": mode if th > 1 else "-",
+                   "xpcnn_ms": 1e3 * statistics.median(t["xpcnn"])}
             if torch_ok:
                 row["torch_ms"] = 1e3 * statistics.median(t["torch"])
                 row["ratio"] = statistics.median(a / b for a, b in zip(t["xpcnn"], t["torch"]))
             rows.append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return rows
+
+
+def parallel_used(model) -> str:
+    """How xpcnn spreads ``model``'s step over threads > 1 under the current ``config.set_parallel_mode``."""
+    from xpcnn import config, replicas
+    if config.get_parallel_mode() == "processes" and replicas.why_not(model) is None:
+        return "processes"
+    return "threads"
 
 
 def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -> None:
@@ -148,7 +174,7 @@ def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -
     print(json.dumps(t))
 
 
-def bench_apart(models, threads_list, batch, reps, rounds):
+def bench_apart(models, threads_list, batch, reps, rounds, mode):
     frameworks = ["xpcnn"] + (["torch"] if have_torch() else [])
     if len(frameworks) == 1:
         print("PyTorch not installed: timing xpcnn only")
@@ -159,10 +185,12 @@ def bench_apart(models, threads_list, batch, reps, rounds):
             for _ in range(rounds):
                 for fw in frameworks:
                     r = subprocess.run([sys.executable, __file__, "--time-child", fw, name, "--batch", str(batch),
-                                        "--threads", str(th), "--reps", str(reps)],
+                                        "--threads", str(th), "--reps", str(reps), "--parallel", mode],
                                        capture_output=True, text=True, check=True)
                     med[fw].append(statistics.median(json.loads(r.stdout.strip().splitlines()[-1])))
-            row = {"model": name, "threads": th, "apart": True, "xpcnn_ms": 1e3 * statistics.median(med["xpcnn"])}
+            used = parallel_used(make_xpcnn(name, 1)[0]) if th > 1 else "-"
+            row = {"model": name, "threads": th, "parallel": used, "apart": True,
+                   "xpcnn_ms": 1e3 * statistics.median(med["xpcnn"])}
             if "torch" in med:
                 row["torch_ms"] = 1e3 * statistics.median(med["torch"])
                 row["ratio"] = statistics.median(a / b for a, b in zip(med["xpcnn"], med["torch"]))
@@ -222,13 +250,18 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--block", type=int, default=5, help="interleaved: timed steps per framework between switches")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--apart", action="store_true", help="time each framework alone, in alternating processes")
     ap.add_argument("--rounds", type=int, default=3, help="with --apart: xpcnn/PyTorch process pairs")
+    ap.add_argument("--parallel", choices=["threads", "processes"], default="processes",
+                    help="xpcnn's parallel mode above 1 thread (default: worker processes where the model allows)")
     ap.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--time-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    from xpcnn import config
+    config.set_parallel_mode(a.parallel)
     if a.memory_child:
         return memory_child(a.memory_child[0], a.memory_child[1], a.batch)
     if a.time_child:
@@ -238,11 +271,12 @@ def main(argv=None):
     if have_torch():
         import torch
         vers += f", torch {torch.__version__}"
-    print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}")
+    print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}; block {a.block}; "
+          f"parallel mode {a.parallel}")
     if not a.no_time and a.apart:
-        bench_apart(a.models, a.threads, a.batch, a.reps, a.rounds)
+        bench_apart(a.models, a.threads, a.batch, a.reps, a.rounds, a.parallel)
     elif not a.no_time:
-        bench_time(a.models, a.threads, a.batch, a.reps)
+        bench_time(a.models, a.threads, a.batch, a.reps, a.block)
     if not a.no_memory:
         bench_memory(a.models, a.batch)
 

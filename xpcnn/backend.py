@@ -125,6 +125,10 @@ class Backend:
             raise ValueError(f"backend {self} does not support {dtype} (it supports {', '.join(supported)})")
         self.index_dtype = info.default_dtypes(device=self.device)["indexing"]
 
+    def __reduce__(self):
+        """Pickled as its spec and dtype (the array namespace is a module): rebuilt where it is unpickled."""
+        return Backend, (self.spec, None, self.dtype_name)
+
     # -- identity -------------------------------------------------------
     def __repr__(self) -> str:
         return f"Backend({self.spec!r}, dtype={self.dtype_name!r})"

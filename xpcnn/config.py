@@ -106,3 +106,24 @@ def set_keep_freed_memory(flag: bool) -> None:
 
 def get_keep_freed_memory() -> bool:
     return _keep_freed_memory
+
+
+_parallel_mode = "threads"
+_PARALLEL_MODES = ("threads", "processes")
+
+
+def set_parallel_mode(mode: str | None) -> None:
+    """How a NumPy model step uses more than one core (``set_num_threads``, else the BLAS thread count):
+    ``"threads"`` (default) splits each op's batch over worker threads (``xpcnn.parallel``); ``"processes"``
+    runs the whole model on a shard of the batch in each of ``n - 1`` worker processes besides this one
+    (``xpcnn.replicas``), for models whose layers treat samples independently, and falls back to threads
+    elsewhere. ``None`` restores "threads"."""
+    global _parallel_mode
+    mode = "threads" if mode is None else mode
+    if mode not in _PARALLEL_MODES:
+        raise ValueError(f"parallel mode must be one of {_PARALLEL_MODES}, got {mode!r}")
+    _parallel_mode = mode
+
+
+def get_parallel_mode() -> str:
+    return _parallel_mode

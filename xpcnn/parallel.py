@@ -26,6 +26,7 @@ from array_api_compat import is_numpy_namespace
 from . import config
 
 _workers = 1          # shards per op in the step being run (1 outside a step)
+_active = False       # a step is running (a nested step keeps its setting)
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _lock = threading.Lock()
@@ -56,25 +57,33 @@ def workers() -> int:
 
 
 @contextmanager
-def step(xp) -> Iterator[int]:
-    """Run a model step with ``n`` workers on NumPy (see the module docstring); yields the worker count."""
-    global _workers
-    if _workers > 1 or not is_numpy_namespace(xp):
+def step(xp, n: int | None = None) -> Iterator[int]:
+    """Run a model step with ``n`` workers on NumPy (see the module docstring); yields the worker count.
+
+    ``n`` overrides the count; ``n=1`` also holds BLAS to one thread (a process replica's own shard, next to
+    the worker processes: :mod:`xpcnn.replicas`). A step inside a step keeps the outer one's setting."""
+    global _workers, _active
+    if _active or not is_numpy_namespace(xp):
         yield _workers
         return
-    n = config.get_num_threads() or blas_threads()
+    forced = n is not None
+    n = n or config.get_num_threads() or blas_threads()
     libs = _blas_controllers()
-    if n <= 1 or not libs:
-        yield 1
+    if (n <= 1 and not forced) or not libs:
+        _active = True
+        try:
+            yield 1
+        finally:
+            _active = False
         return
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:
         lc.set_num_threads(1)
-    _workers = n
+    _workers, _active = n, True
     try:
         yield n
     finally:
-        _workers = 1
+        _workers, _active = 1, False
         for lc, k in zip(libs, saved):
             lc.set_num_threads(k)
 
@@ -120,8 +129,8 @@ def _in_shard(fn: Callable[[int, int], Any], a: int, b: int) -> Any:
 
 def _forget_pool() -> None:
     """In a forked child the pool's threads do not exist (only the forking thread survives a fork): start afresh."""
-    global _pool, _pool_size, _lock, _workers
-    _pool, _pool_size, _lock, _workers = None, 0, threading.Lock(), 1
+    global _pool, _pool_size, _lock, _workers, _active
+    _pool, _pool_size, _lock, _workers, _active = None, 0, threading.Lock(), 1, False
 
 
 if hasattr(os, "register_at_fork"):

@@ -71,6 +71,10 @@ class Dropout(Module):
         self._random = None
         return super().bind(backend, rng)
 
+    def __getstate__(self):
+        """A copy restarts the mask stream from the seed (the generator lives on the device)."""
+        return dict(super().__getstate__(), _random=None, _random_backend=None)
+
     def forward(self, x):
         self.check_input(x)
         if not self.training or self.p == 0.0:

@@ -105,6 +105,11 @@ class Module:
         for key in [k for k in vars(self) if k.startswith("_ctx")]:
             setattr(self, key, None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and ``copy.deepcopy`` leave out what forward kept for backward (as PyTorch leaves out its
+        graph)."""
+        return {k: (None if k.startswith("_ctx") else v) for k, v in vars(self).items()}
+
     # -- traversal ------------------------------------------------------
     def modules(self) -> Iterator["Module"]:
         yield self

@@ -1,0 +1,225 @@
+"""Worker processes (xpcnn.replicas): the batch split over processes that each run the whole model.
+
+What a model computes on worker processes must equal what it computes in one process (float64, ~1e-13: only
+the order of the gradient sums over shards differs), for outputs, loss, parameter and input gradients, over
+several training steps; models that couple the samples of a batch must stay in one process; a worker's
+failure must surface as an error here and leave the model usable.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import glob
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import config, replicas
+from xpcnn.models import build_model
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need a POSIX system")
+
+
+@pytest.fixture
+def processes():
+    """``processes(n)``: n workers in all (this process and n - 1 worker processes); restored afterwards."""
+    def enter(n):
+        config.set_parallel_mode("processes")
+        config.set_num_threads(n)
+    yield enter
+    config.set_parallel_mode(None)
+    config.set_num_threads(None)
+
+
+def _lenet(dtype="float64", seed=0):
+    return build_model("lenet", 1, 10, 28, backend="numpy", dtype=dtype, seed=seed)
+
+
+def _data(n, seed=1, shape=(1, 28, 28)):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n,) + shape), rng.integers(0, 10, n)
+
+
+def _step(model, x, labels, input_grad=True):
+    """Loss, output, input gradient and parameter gradients of one forward/backward (gradients zeroed first)."""
+    model.zero_grad()
+    loss_fn = xpcnn.CrossEntropyLoss()
+    out = model.forward(x)
+    loss = float(loss_fn(out, labels))
+    dx = model.backward(loss_fn.backward(), input_grad=input_grad)
+    return loss, np.array(out), dx, [np.array(p.grad) for p in model.parameters()]
+
+
+def _assert_same(a, b):
+    (la, ya, dxa, ga), (lb, yb, dxb, gb) = a, b
+    assert la == pytest.approx(lb, rel=1e-13)
+    np.testing.assert_allclose(ya, yb, rtol=1e-12, atol=1e-14)
+    if dxa is None:
+        assert dxb is None
+    else:
+        np.testing.assert_allclose(dxa, dxb, rtol=1e-12, atol=1e-14)
+    for g, h in zip(ga, gb):
+        np.testing.assert_allclose(g, h, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("n, batch", [(2, 64), (3, 50)])
+def test_processes_give_the_single_process_results(processes, n, batch):
+    x, labels = _data(batch)
+    one = _step(_lenet(), x, labels)
+    processes(n)
+    model = _lenet()
+    many = _step(model, x, labels)
+    assert model._replicas is not None and len(model._replicas.workers) == n - 1  # the path was taken
+    assert model._replicas.parts == replicas.shards(batch, n)
+    _assert_same(many, one)
+    _assert_same(_step(model, x, labels, input_grad=False), _step(_lenet(), x, labels, input_grad=False))
+
+
+def test_training_steps_keep_workers_in_step_with_the_parameters(processes):
+    """Each forward sends the current parameters: after SGD steps (and a load_state_dict) the results still match."""
+    x, labels = _data(64)
+    ref, par = _lenet(), _lenet()
+    processes(2)
+    for model in (ref, par):
+        config.set_parallel_mode("threads" if model is ref else "processes")
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        losses = []
+        for _ in range(3):
+            losses.append(_step(model, x, labels)[0])
+            opt.step()
+        model.losses = losses
+    assert par.losses == pytest.approx(ref.losses, rel=1e-12)
+    assert par.losses[-1] < par.losses[0]
+    fresh = _lenet(seed=5)
+    par.load_state_dict(fresh.state_dict())
+    config.set_parallel_mode("processes")
+    _assert_same(_step(par, x, labels), _step(_lenet(seed=5), x, labels))
+
+
+def test_eval_mode_batch_norm_and_dropout_run_on_workers_train_mode_does_not(processes):
+    layers = lambda: [xpcnn.Conv2d(3, 4, 3, padding=1), xpcnn.BatchNorm2d(4), xpcnn.ReLU(), xpcnn.Dropout(0.5),
+                      xpcnn.Flatten(), xpcnn.Linear(4 * 8 * 8, 5)]
+    model = xpcnn.Sequential(*layers(), backend="numpy", dtype="float64", seed=3)
+    ref = xpcnn.Sequential(*layers(), backend="numpy", dtype="float64", seed=3)
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8))
+    processes(2)
+    assert "BatchNorm2d" in replicas.why_not(model) and "batch" in replicas.why_not(model)
+    model.forward(x)
+    assert model.__dict__.get("_replicas") is None  # train mode: per-op threads
+    for m in (model, ref):
+        m.layers[1].running_mean[...] = np.linspace(-1, 1, 4)
+        m.layers[1].running_var[...] = np.linspace(0.5, 2, 4)
+        m.eval()
+    model.layers[3].training = True
+    assert "Dropout" in replicas.why_not(model)
+    model.eval()
+    assert replicas.why_not(model) is None
+    y = model.forward(x)
+    assert model._replicas is not None
+    config.set_parallel_mode("threads")
+    np.testing.assert_allclose(y, ref.forward(x), rtol=1e-12, atol=1e-14)  # the running statistics were sent
+
+
+def test_what_stays_in_this_process(processes):
+    processes(2)
+    model = _lenet()
+    x, _ = _data(2 * replicas.MIN_SHARD - 1)
+    model.forward(x)
+    assert model.__dict__.get("_replicas") is None  # too small a batch to split
+    config.set_num_threads(1)
+    model.forward(_data(64)[0])
+    assert model.__dict__.get("_replicas") is None  # one worker
+    config.set_num_threads(2)
+    config.set_parallel_mode("threads")
+    model.forward(_data(64)[0])
+    assert model.__dict__.get("_replicas") is None  # the default mode
+    custom = type("Custom", (xpcnn.Module,), {"forward": lambda self, x: x, "backward": lambda self, dy: dy})
+    assert "not known to treat the samples" in replicas.why_not(xpcnn.Sequential(custom(), backend="numpy"))
+
+
+def test_a_changed_model_gets_fresh_workers_and_bad_input_leaves_them_usable(processes):
+    processes(2)
+    model = _lenet()
+    x, labels = _data(64)
+    model.forward(x)
+    first = model._replicas
+    model.layers[-1] = xpcnn.Linear(84, 10)
+    model.layers[-1].bind(model.backend, np.random.default_rng(7))
+    ref = copy.deepcopy(model)
+    got = _step(model, x, labels)
+    assert model._replicas is not first and first.closed
+    config.set_parallel_mode("threads")
+    _assert_same(got, _step(ref, x, labels))
+    config.set_parallel_mode("processes")
+    with pytest.raises(ValueError, match="input channels"):
+        model.forward(np.zeros((64, 3, 28, 28)))
+    with pytest.raises(ValueError, match="samples"):
+        model.forward(x)
+        model.backward(np.zeros((32, 10)))
+    config.set_parallel_mode("threads")
+    want = _step(ref, x, labels)
+    config.set_parallel_mode("processes")
+    _assert_same(_step(model, x, labels), want)
+
+
+def test_a_dead_worker_is_an_error_and_the_next_step_starts_new_ones(processes):
+    processes(2)
+    model = _lenet()
+    x, labels = _data(64)
+    model.forward(x)
+    dead = model._replicas
+    dead.workers[0].proc.kill()
+    dead.workers[0].proc.wait()
+    with pytest.raises(RuntimeError, match="worker process .* exited"):
+        model.forward(x)
+    assert dead.closed
+    config.set_parallel_mode("threads")
+    want = _step(_lenet(), x, labels)
+    config.set_parallel_mode("processes")
+    _assert_same(_step(model, x, labels), want)
+    assert model._replicas is not dead
+
+
+def test_workers_and_their_shared_files_go_with_the_model(processes):
+    processes(2)
+    model = _lenet()
+    model.forward(_data(64)[0])
+    procs = [w.proc for w in model._replicas.workers]
+    paths = [model._replicas.state.path] + [w.io.path for w in model._replicas.workers]
+    assert paths == [None] * len(paths)  # unlinked once the workers mapped them
+    del model
+    gc.collect()
+    for p in procs:
+        assert p.wait(timeout=10) == 0
+
+
+def test_models_pickle_and_copy_without_caches_or_workers(processes):
+    processes(2)
+    model = _lenet()
+    x, labels = _data(64)
+    model.forward(x)
+    clone = pickle.loads(pickle.dumps(model))
+    assert "_replicas" not in clone.__dict__ and clone.backend.spec == "numpy"
+    assert all(getattr(m, "_ctx", None) is None for m in clone.modules())
+    config.set_parallel_mode("threads")
+    _assert_same(_step(clone, x, labels), _step(_lenet(), x, labels))
+    drop = xpcnn.Sequential(xpcnn.Flatten(), xpcnn.Dropout(0.5), backend="numpy", dtype="float64")
+    drop.forward(x)
+    again = copy.deepcopy(drop)
+    np.testing.assert_array_equal(again.forward(x), xpcnn.Sequential(xpcnn.Flatten(), xpcnn.Dropout(0.5),
+                                                                      backend="numpy", dtype="float64").forward(x))
+
+
+def test_parallel_mode_is_validated():
+    with pytest.raises(ValueError, match="parallel mode"):
+        config.set_parallel_mode("gpus")
+    config.set_parallel_mode(None)
+    assert config.get_parallel_mode() == "threads"
+
+
+def test_no_shared_files_are_left_behind():
+    gc.collect()
+    assert not glob.glob("/dev/shm/xpcnn-*")

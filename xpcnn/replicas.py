@@ -1,0 +1,381 @@
+"""Data parallelism over worker processes: each process runs the whole model on its shard of the batch.
+
+Why: the per-op threads of :mod:`xpcnn.parallel` share one interpreter. Every NumPy call takes the GIL
+to start, and when the two threads collide the waiting one sleeps and must be woken (tens of microseconds
+on a VM); a LeNet step is hundreds of short calls, so two 64-sample halves on two threads took 9.7 ms
+where one took 5.6 ms alone. Two processes share no GIL: two 64-sample steps side by side took 5.7 ms each
+(2-core VM, 1 BLAS thread each). This is Chainer's ``MultiprocessParallelUpdater`` and PyTorch's
+``DistributedDataParallel`` on one machine, inside ``Sequential.forward`` and ``backward``.
+
+How (``config.set_parallel_mode("processes")``, n workers from ``set_num_threads`` or the BLAS thread count):
+
+* ``n - 1`` worker processes (``python -m xpcnn._worker``, started on first use, one BLAS thread each) get a
+  pickled copy of the model. Its parameters and buffers then live in a shared memory file that this process
+  refreshes before every forward, and each worker writes its parameter gradients into its own part of it.
+* ``forward`` splits the batch into n contiguous shards: this process runs the first, the workers the
+  others (their input shard through shared memory, their output back through a pipe), and the outputs
+  are concatenated. ``backward`` sends each worker its shard of ``dy``, runs this process's shard, then adds
+  each worker's gradients into ``Parameter.grad`` in shard order. Loss, optimizer and everything else
+  stay in this process, unchanged: results equal the single-process ones up to float rounding.
+* Only models whose layers treat samples independently take this path: BatchNorm in training mode
+  (batch statistics) and Dropout in training mode (one random stream) use per-op threads instead, as
+  does any other backend, a batch of fewer than ``2 * MIN_SHARD`` samples, and a non-POSIX system
+  (:func:`why_not` says why). A worker's error is raised here with its traceback; a worker that dies,
+  or an interrupted call, stops all of them (the next step starts fresh ones).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from . import config, parallel
+
+MIN_SHARD = 16  # samples per process at least: smaller shards run in this process (startup, pipe latency)
+ALIGN = 64
+
+
+def why_not(model) -> str | None:
+    """Why ``model`` cannot run its batch on worker processes, or None where it can."""
+    from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear, MaxPool2d,
+                         ReLU, Sigmoid, Tanh)
+    from .layers.norm import _BatchNorm
+    from .model import Sequential
+
+    if os.name != "posix" or not sys.executable:
+        return "worker processes need a POSIX system and a Python executable"
+    if model.backend is None or model.backend.name != "numpy":
+        return "worker processes run the NumPy backend only"
+    per_sample = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
+                  AdaptiveAvgPool2d)
+    for m in model.modules():
+        if isinstance(m, (_BatchNorm, Dropout)):
+            if m.training and not (isinstance(m, Dropout) and m.p == 0.0):
+                return (f"{m.label()} in training mode "
+                        + ("uses the statistics of the whole batch" if isinstance(m, _BatchNorm)
+                           else "draws its masks from one random stream"))
+        elif not isinstance(m, per_sample):
+            return f"{m.label()} is not known to treat the samples of a batch independently"
+    return None
+
+
+def shards(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` as ``parts`` contiguous shards whose sizes differ by at most one."""
+    q, r = divmod(n, parts)
+    out, a = [], 0
+    for i in range(parts):
+        out.append((a, a + q + (i < r)))
+        a = out[-1][1]
+    return out
+
+
+def plan(model, batch: int) -> "Replicas | None":
+    """The model's worker processes for a batch of ``batch`` samples, started or restarted as needed; None
+    where the batch runs in this process."""
+    current = model.__dict__.get("_replicas")
+    n = 1
+    if config.get_parallel_mode() == "processes":
+        n = min(config.get_num_threads() or parallel.blas_threads(), batch // MIN_SHARD)
+    if n > 1 and why_not(model) is not None:
+        n = 1
+    if n <= 1:
+        return None
+    sig = _signature(model)
+    if current is not None and (current.signature != sig or len(current.workers) != n - 1 or current.closed):
+        current.close()
+        current = None
+    if current is None:
+        current = model._replicas = Replicas(model, n - 1, sig)
+    return current
+
+
+def _signature(model) -> tuple:
+    """What a worker's copy must match: each module (identity, repr), its arrays' shapes and dtypes."""
+    return tuple((id(m), repr(m) if m is not model else "", tuple((tuple(a.shape), str(a.dtype))
+                  for a in _arrays(m))) for m in model.modules())
+
+
+def _arrays(m) -> list:
+    """A module's own parameter and buffer arrays, in a fixed order."""
+    return [getattr(m, k).data for k in m._param_names] + [getattr(m, k) for k in m._buffer_names]
+
+
+class _SharedFile:
+    """A file in shared memory (``/dev/shm`` where there is one), mapped; unlinked once every user mapped it."""
+
+    def __init__(self, nbytes: int, path: str | None = None):
+        self.nbytes = max(nbytes, 1)
+        if path is None:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            fd, self.path = tempfile.mkstemp(prefix="xpcnn-", dir=shm)
+            os.ftruncate(fd, self.nbytes)
+        else:
+            self.path = path
+            fd = os.open(path, os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, self.nbytes)
+        finally:
+            os.close(fd)
+
+    def array(self, offset: int, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self.map, dtype, count, offset).reshape(shape)
+
+    def unlink(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+
+def _layout(model, workers: int) -> tuple[list, list, int]:
+    """Offsets in the state file: every parameter and buffer (read by all workers), then one gradient region
+    per worker. Returns ``(values, grads, nbytes)``: ``values`` as ``(offset, shape, dtype)`` per array of
+    :func:`_arrays`, module by module; ``grads[k]`` the offsets of worker k's parameter gradients."""
+    offset, values, params = 0, [], []
+    for m in model.modules():
+        for a in _arrays(m):
+            values.append((offset, tuple(a.shape), str(a.dtype)))
+            offset += -(-a.nbytes // ALIGN) * ALIGN
+        params += [getattr(m, k).data for k in m._param_names]
+    grads = []
+    for _ in range(workers):
+        grads.append([])
+        for p in params:
+            grads[-1].append((offset, tuple(p.shape), str(p.dtype)))
+            offset += -(-p.nbytes // ALIGN) * ALIGN
+    return values, grads, offset
+
+
+def _pickle_model(model) -> bytes:
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _Worker:
+    """One worker process and its pipes; ``io`` is the shared file its input shard (and input gradient) use."""
+
+    def __init__(self):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "xpcnn._worker", str(to_child), str(from_child)],
+                                         pass_fds=(to_child, from_child), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(to_child)
+            os.close(from_child)
+        self.send_conn = Connection(from_parent, readable=False)
+        self.recv_conn = Connection(to_parent, writable=False)
+        self.io: _SharedFile | None = None
+
+    def send(self, msg, what: str) -> None:
+        try:
+            self.send_conn.send(msg)
+        except OSError as e:
+            raise self._exited(what) from e
+
+    def _exited(self, what: str) -> RuntimeError:
+        try:
+            code = self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        return RuntimeError(f"xpcnn worker process {self.proc.pid} exited during {what} (exit code {code})")
+
+    def reply(self, what: str):
+        """The worker's answer; a worker's exception or death is raised here as a RuntimeError."""
+        try:
+            msg = self.recv_conn.recv()
+        except (EOFError, OSError) as e:
+            raise self._exited(what) from e
+        if msg[0] == "error":
+            raise RuntimeError(f"xpcnn worker process {self.proc.pid} failed during {what}: {msg[1]}\n"
+                               f"--- worker traceback ---\n{msg[2]}")
+        return msg[1]
+
+    def io_for(self, nbytes: int) -> str | None:
+        """Make ``io`` hold ``nbytes``; returns the path of a new file (the worker maps it) or None."""
+        if self.io is not None and self.io.nbytes >= nbytes:
+            return None
+        self.io = _SharedFile(max(nbytes, 2 * (self.io.nbytes if self.io else 0)))
+        return self.io.path
+
+
+def _stop(workers: list, state: _SharedFile) -> None:
+    for w in workers:
+        for c in (w.send_conn, w.recv_conn):
+            c.close()  # the worker sees end-of-file and exits
+    for w in workers:
+        try:
+            w.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+        if w.io is not None:
+            w.io.unlink()
+    state.unlink()
+
+
+class Replicas:
+    """``workers`` worker processes holding copies of ``model`` (see the module docstring)."""
+
+    def __init__(self, model, workers: int, signature: tuple):
+        self.signature, self.closed = signature, False
+        self.values, self.grads, nbytes = _layout(model, workers)
+        self.state = _SharedFile(nbytes)
+        self.workers: list[_Worker] = []
+        self._finalizer = weakref.finalize(self, _stop, self.workers, self.state)
+        payload = _pickle_model(model)
+        try:
+            for k in range(workers):
+                self.workers.append(_Worker())
+                self.workers[-1].send(("init", payload, self.state.path, nbytes, self.values, self.grads[k]),
+                                      "start-up")
+            for w in self.workers:
+                w.reply("start-up")
+        except BaseException:
+            self.close()
+            raise
+        self.state.unlink()  # every worker mapped it
+        self.views = [self.state.array(*v) for v in self.values]
+        self.grad_views = [[self.state.array(*g) for g in gk] for gk in self.grads]
+        self.parts: list[tuple[int, int]] | None = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._finalizer()
+
+    def _call(self, msgs: list, local, what: str):
+        """Send each worker its message, run ``local()`` here meanwhile, then collect every reply (even when
+        ``local`` raised, so that the pipes stay in step). Returns ``(local's result, replies)``."""
+        try:
+            for w, msg in zip(self.workers, msgs):
+                w.send(msg, what)
+            try:
+                mine = local()
+            finally:
+                replies, error = [], None
+                for w in self.workers:
+                    try:
+                        replies.append(w.reply(what))
+                    except RuntimeError as e:
+                        error = error or e
+                        if w.proc.poll() is not None:
+                            self.close()
+            if error is not None:
+                raise error
+            return mine, replies
+        except BaseException as e:
+            if not isinstance(e, (ValueError, TypeError)) or self.closed:
+                self.close()  # a worker may be gone, or still busy: its next reply would answer the wrong call
+            raise
+
+    def forward(self, model, x, run_local):
+        """Model output for the batch ``x`` (a NumPy array), this process running ``run_local(x_shard)``."""
+        for view, a in zip(self.views, (a for m in model.modules() for a in _arrays(m))):
+            view[...] = a
+        training = [m.training for m in model.modules()]
+        self.parts = shards(x.shape[0], len(self.workers) + 1)
+        msgs = []
+        for w, (a, b) in zip(self.workers, self.parts[1:]):
+            shard = x[a:b]
+            path = w.io_for(shard.nbytes)
+            w.io.array(0, shard.shape, shard.dtype)[...] = shard
+            msgs.append(("forward", path, w.io.nbytes, tuple(shard.shape), str(shard.dtype), training))
+        a, b = self.parts[0]
+        mine, outs = self._call(msgs, lambda: run_local(x[a:b]), "forward")
+        for w, m in zip(self.workers, msgs):
+            if m[1] is not None:
+                w.io.unlink()  # the worker mapped it
+        return np.concatenate([mine] + outs, axis=0)
+
+    def backward(self, model, dy, input_grad: bool, run_local):
+        """Input gradient (or None) for the last forward's batch; parameter gradients accumulate as usual."""
+        if self.parts is None or self.parts[-1][1] != dy.shape[0]:
+            raise ValueError(f"backward: the gradient has {dy.shape[0]} samples, the forward had "
+                             f"{self.parts[-1][1] if self.parts else 0}")
+        msgs = [("backward", np.ascontiguousarray(dy[a:b]), input_grad) for a, b in self.parts[1:]]
+        a, b = self.parts[0]
+        mine, shapes = self._call(msgs, lambda: run_local(dy[a:b]), "backward")
+        for k, grads in enumerate(self.grad_views):
+            for p, g in zip(model.parameters(), grads):
+                p.grad += g
+        if not input_grad:
+            return None
+        parts = [mine] + [w.io.array(0, s, mine.dtype) for w, s in zip(self.workers, shapes)]
+        return np.concatenate(parts, axis=0)
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """A worker process's loop (``python -m xpcnn._worker``): answer forward/backward calls until end-of-file."""
+    import traceback
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    config.set_num_threads(1)
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    model = grads = io = None
+    while True:
+        try:
+            msg = inbox.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            op = msg[0]
+            if op == "init":
+                model, grads = _attach(*msg[1:])
+                result = None
+            elif op == "forward":
+                _, path, nbytes, shape, dtype, training = msg
+                if path is not None:
+                    io = _SharedFile(nbytes, path)
+                for m, flag in zip(model.modules(), training):
+                    m.training = flag
+                result = np.asarray(model.forward(io.array(0, shape, dtype)))
+            elif op == "backward":
+                _, dy, input_grad = msg
+                for g in grads:
+                    g[...] = 0
+                dx = model.backward(dy, input_grad=input_grad)
+                result = None
+                if dx is not None:
+                    io.array(0, dx.shape, dx.dtype)[...] = dx
+                    result = tuple(dx.shape)
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            reply = ("ok", result)
+        except Exception as e:  # reported to the parent, which raises it
+            reply = ("error", f"{type(e).__name__}: {e}", traceback.format_exc())
+        try:
+            outbox.send(reply)
+        except OSError:  # the parent stopped listening
+            return
+
+
+def _attach(payload: bytes, path: str, nbytes: int, values: list, grads: list) -> tuple[Any, list]:
+    """Unpickle the model and point its parameters, buffers and gradients at the shared state file."""
+    model = pickle.loads(payload)
+    state = _SharedFile(nbytes, path)
+    views = iter([state.array(*v) for v in values])
+    grad_views = [state.array(*g) for g in grads]
+    gi = iter(grad_views)
+    for m in model.modules():
+        for k in m._param_names:
+            p = getattr(m, k)
+            p.data, p.grad = next(views), next(gi)
+        for k in m._buffer_names:
+            setattr(m, k, next(views))
+    return model, grad_views
