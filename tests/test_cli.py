@@ -131,3 +131,19 @@ def test_default_run_as_users_type_it(capsys):
     assert code == 0, err
     accuracy = float(out.split("test accuracy")[-1].split()[0])
     assert accuracy >= 0.97, out
+
+
+def test_threads_run_on_worker_processes_or_threads_as_asked(tmp_path, capsys):
+    pytest.importorskip("threadpoolctl", reason="--threads needs threadpoolctl")
+    from xpcnn import config
+    results = {}
+    for mode in ("processes", "threads"):
+        metrics = tmp_path / f"{mode}.jsonl"
+        code, out, err = run(capsys, "train", "--epochs", "1", "--limit", "400", "--threads", "2", "--parallel", mode,
+                             "--metrics", str(metrics), "--quiet")
+        assert code == 0, err
+        code, out, err = run(capsys, "train", "--epochs", "1", "--limit", "64", "--threads", "2", "--parallel", mode)
+        assert ("2 worker processes" if mode == "processes" else ", 2 threads,") in out.splitlines()[0]
+        results[mode] = json.loads(metrics.read_text())
+        assert config.get_parallel_mode() == "threads"  # the library default is restored
+    assert results["processes"]["train_loss"] == pytest.approx(results["threads"]["train_loss"], rel=1e-4)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import parallel
+from . import config, parallel, replicas
 from .backend import Backend, get_backend
 from .parity import MODEL_INPUTS
 
@@ -44,7 +44,7 @@ SCHEMA = "xpcnn-bench/1"
 LR, MOMENTUM = 0.01, 0.9
 
 #: The keys of each entry of ``results`` in the JSON output (documented in the README).
-RESULT_KEYS = ("framework", "backend", "device", "model", "batch_size", "dtype", "forward_ms", "train_step_ms",
+RESULT_KEYS = ("framework", "backend", "device", "model", "cpu_parallel", "batch_size", "dtype", "forward_ms", "train_step_ms",
                "forward_images_per_s", "train_images_per_s", "peak_memory_bytes", "peak_memory_method",
                "forward_times_ms", "train_times_ms")
 
@@ -133,23 +133,31 @@ def limit_threads(stack: ExitStack, threads: int | None, log: Callable[[str], No
 # timing
 # ----------------------------------------------------------------------------------------------
 def time_interleaved(fns: Sequence[Callable[[], Any]], syncs: Sequence[Callable[[], None]], warmup: int,
-                     repeats: int) -> list[list[float]]:
-    """Seconds per call of each function, the functions taking turns (a, b, a, b, ...).
+                     repeats: int, block: int | None = None) -> list[list[float]]:
+    """Seconds per call of each function, the functions taking turns in blocks of ``block`` timed calls (default:
+    half the repeats, so that each gets at least two turns); each turn starts with one untimed call.
 
-    Each function warms up first; the device is synchronised before every clock read.
+    Each function warms up first; the device is synchronised before every clock read. The untimed call
+    keeps one framework's leftovers off the other's clock: PyTorch's OpenMP threads spin for milliseconds
+    after its call (libgomp's default), which took a core from the next xpcnn step on a 2-core machine
+    (LeNet at 2 threads: 14.0 ms right after a PyTorch step, 6.7-7.1 ms for the next five).
     """
     for fn, sync in zip(fns, syncs):
         for _ in range(warmup):
             fn()
         sync()
+    block = block or max(1, (repeats + 1) // 2)
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
+    while len(times[0]) < repeats:
         for k, (fn, sync) in enumerate(zip(fns, syncs)):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t0)
+            if len(fns) > 1:
+                fn()  # the turn's untimed first call
+            for _ in range(min(block, repeats - len(times[k]))):
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[k].append(time.perf_counter() - t0)
     return times
 
 
@@ -212,13 +220,22 @@ class XpcnnRunner:
             was_tracing = tracemalloc.is_tracing()
             if not was_tracing:
                 tracemalloc.start()
+            workers = self.model.__dict__.get("_replicas")  # worker processes, started by the timed steps
+            if workers is not None and workers.closed:
+                workers = None
+            if workers is not None:
+                workers.trace_memory(True)
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
             self.train_step()
             peak = tracemalloc.get_traced_memory()[1] - base
             if not was_tracing:
                 tracemalloc.stop()
-            return int(peak), "tracemalloc peak of new host allocations in 1 step (excl. params)"
+            method = "tracemalloc peak of new host allocations in 1 step (excl. params)"
+            if workers is not None:
+                peak += sum(workers.trace_memory(False))
+                method += ", summed over this process and its worker processes"
+            return int(peak), method
         return None, "n/a"
 
 
@@ -268,10 +285,20 @@ class TorchRunner:
         return None, "n/a"
 
 
+def _cpu_parallel(runner, batch_size: int) -> str | None:
+    """How an xpcnn NumPy train step spread over the CPU: "N processes", "N threads" or "1 thread"."""
+    if runner.framework != "xpcnn" or runner.backend.name != "numpy":
+        return None
+    procs = replicas.processes_for(runner.model, batch_size)
+    n = config.get_num_threads() or parallel.blas_threads()
+    return f"{procs} processes" if procs > 1 else f"{n} thread" + ("s" if n > 1 else "")
+
+
 def _result(runner, model: str, batch_size: int, dtype: str, fwd: list[float], train: list[float]) -> dict:
     peak, method = runner.peak_memory()
     f_ms, t_ms = _ms(fwd), _ms(train)
     return {"framework": runner.framework, "backend": runner.name, "device": str(runner.device), "model": model,
+            "cpu_parallel": _cpu_parallel(runner, batch_size),
             "batch_size": batch_size, "dtype": dtype, "forward_ms": f_ms, "train_step_ms": t_ms,
             "forward_images_per_s": batch_size / (f_ms / 1e3), "train_images_per_s": batch_size / (t_ms / 1e3),
             "peak_memory_bytes": peak, "peak_memory_method": method,
@@ -329,8 +356,10 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
                   batch_sizes: Sequence[int] = (1, 32, 128, 512), dtype: str = "float32", repeats: int = 5,
                   warmup: int = 1, compare_torch: bool = False, threads: int | None = None,
                   layers: bool = True, layers_model: str | None = None, layers_batch: int | None = None,
-                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark; return the JSON-able report (see :data:`RESULT_KEYS`). Progress goes to ``log``."""
+                  seed: int = 0, parallel: str | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark; return the JSON-able report (see :data:`RESULT_KEYS`). Progress goes to ``log``.
+    ``parallel`` sets ``config.set_parallel_mode`` for the run (NumPy with more than one thread)."""
     for name in models:
         if name not in MODEL_INPUTS:
             raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODEL_INPUTS)}")
@@ -346,6 +375,9 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
 
     with ExitStack() as stack:
         used_threads = limit_threads(stack, threads, log)
+        mode = config.get_parallel_mode()
+        stack.callback(config.set_parallel_mode, mode)
+        config.set_parallel_mode(parallel or mode)
         torch = None
         if compare_torch:
             try:
@@ -359,11 +391,12 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
         report["config"] = {
             "backends": list(backends), "models": list(models), "batch_sizes": list(batch_sizes), "dtype": dtype,
             "repeats": repeats, "warmup": warmup, "threads": used_threads, "requested_threads": threads,
-            "compare_torch": bool(compare_torch), "seed": seed,
+            "compare_torch": bool(compare_torch), "seed": seed, "parallel": config.get_parallel_mode(),
             "train_step": f"forward + CrossEntropyLoss + backward + SGD(lr={LR}, momentum={MOMENTUM})",
             "forward": "eval mode (BatchNorm running stats, no dropout); torch under no_grad",
             "data": "random normal batch placed on the device before timing",
-            "timing": "warm-up, synchronize before every clock read, median of repeats; torch interleaved",
+            "timing": "warm-up, synchronize before every clock read, median of repeats; torch interleaved in blocks "
+                      "of half the repeats, each block after one untimed call",
         }
         live: list[Backend] = []
         for spec in backends:
@@ -450,6 +483,10 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['train_images_per_s']:>11.1f} {_bytes(r['peak_memory_bytes']):>10} {ratio:>11}")
     if cmp:
         lines.append("xpcnn/torch: xpcnn train-step time over torch's (1.00x = as fast; 3.00x = 3 times slower)")
+    spread = sorted({(r["model"], r["batch_size"], r.get("cpu_parallel")) for r in report["results"]
+                     if r.get("cpu_parallel") and r["cpu_parallel"] != "1 thread"})
+    if spread:
+        lines.append("numpy train steps ran on: " + ", ".join(f"{m} {b}: {p}" for m, b, p in spread))
     methods = sorted({r["peak_memory_method"] for r in report["results"] if r["peak_memory_bytes"] is not None})
     for m in methods:
         lines.append(f"peak mem: {m}")

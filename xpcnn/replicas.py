@@ -77,15 +77,19 @@ def shards(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def processes_for(model, batch: int) -> int:
+    """How many processes (this one included) run a batch of ``batch`` samples now; 1: this process alone."""
+    if config.get_parallel_mode() != "processes":
+        return 1
+    n = min(config.get_num_threads() or parallel.blas_threads(), batch // MIN_SHARD)
+    return n if n > 1 and why_not(model) is None else 1
+
+
 def plan(model, batch: int) -> "Replicas | None":
     """The model's worker processes for a batch of ``batch`` samples, started or restarted as needed; None
     where the batch runs in this process."""
     current = model.__dict__.get("_replicas")
-    n = 1
-    if config.get_parallel_mode() == "processes":
-        n = min(config.get_num_threads() or parallel.blas_threads(), batch // MIN_SHARD)
-    if n > 1 and why_not(model) is not None:
-        n = 1
+    n = processes_for(model, batch)
     if n <= 1:
         return None
     sig = _signature(model)
@@ -282,6 +286,11 @@ class Replicas:
                 self.close()  # a worker may be gone, or still busy: its next reply would answer the wrong call
             raise
 
+    def trace_memory(self, on: bool) -> list:
+        """Start (``on``) or stop tracemalloc in every worker; stopping returns each one's peak of new
+        allocations (bytes) since the start (``xpcnn bench``'s peak memory)."""
+        return self._call([("trace", on)] * len(self.workers), lambda: None, "trace")[1]
+
     def forward(self, model, x, run_local):
         """Model output for the batch ``x`` (a NumPy array), this process running ``run_local(x_shard)``."""
         for view, a in zip(self.views, (a for m in model.modules() for a in _arrays(m))):
@@ -328,6 +337,7 @@ def serve(read_fd: int, write_fd: int) -> None:
     config.set_num_threads(1)
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     model = grads = io = None
+    traced = 0
     while True:
         try:
             msg = inbox.recv()
@@ -354,6 +364,16 @@ def serve(read_fd: int, write_fd: int) -> None:
                 if dx is not None:
                     io.array(0, dx.shape, dx.dtype)[...] = dx
                     result = tuple(dx.shape)
+            elif op == "trace":  # tracemalloc on (msg[1] True) or off, returning the peak in between
+                import tracemalloc
+                if msg[1]:
+                    tracemalloc.start()
+                    tracemalloc.reset_peak()
+                    traced = tracemalloc.get_traced_memory()[0]
+                    result = None
+                else:
+                    result = tracemalloc.get_traced_memory()[1] - traced
+                    tracemalloc.stop()
             else:
                 raise ValueError(f"unknown request {op!r}")
             reply = ("ok", result)

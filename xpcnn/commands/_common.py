@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
+from .. import config, parallel, replicas
 from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
@@ -16,6 +17,10 @@ def add_backend_arguments(parser) -> None:
                         help="CPU threads: BLAS's, and xpcnn's worker threads on NumPy (default 1: fastest for "
                              "these small matrices on a busy machine; 0 keeps the library default); needs "
                              "threadpoolctl")
+    parser.add_argument("--parallel", choices=("processes", "threads"), default="processes",
+                        help="with --threads N > 1 on NumPy: 'processes' (default) runs the batch on N processes, "
+                             "each the whole model on its shard, where the model allows it (no batch norm or "
+                             "dropout in training), else per-op threads; 'threads' splits every op over N threads")
 
 
 def add_data_arguments(parser) -> None:
@@ -64,8 +69,20 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
 
 
 @contextmanager
-def blas_threads(n: int | None):
-    """Limit BLAS threads (threadpoolctl, optional) for the duration of a command."""
+def blas_threads(n: int | None, parallel: str | None = None):
+    """Limit BLAS threads (threadpoolctl, optional) and set the parallel mode (``config.set_parallel_mode``)
+    for the duration of a command."""
+    previous = config.get_parallel_mode()
+    config.set_parallel_mode(parallel or previous)
+    try:
+        with _blas_limit(n):
+            yield
+    finally:
+        config.set_parallel_mode(previous)
+
+
+@contextmanager
+def _blas_limit(n: int | None):
     if n == 0:
         yield
         return
@@ -78,6 +95,19 @@ def blas_threads(n: int | None):
         return
     with threadpool_limits(limits=1 if n is None else n, user_api="blas"):
         yield
+
+
+def describe_parallel(model) -> str:
+    """How a NumPy training step uses the CPU, for the command's first line (empty on other backends)."""
+    if model.backend.name != "numpy":
+        return ""
+    n = config.get_num_threads() or parallel.blas_threads()
+    if n <= 1:
+        return ", 1 thread"
+    if config.get_parallel_mode() == "processes":
+        why = replicas.why_not(model)
+        return f", {n} worker processes" if why is None else f", {n} threads (not processes: {why})"
+    return f", {n} threads"
 
 
 def fmt(value: Any) -> str:

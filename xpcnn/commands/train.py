@@ -18,7 +18,8 @@ from ..cli import CLIError
 from ..data import DataLoader, Normalizer
 from ..layers import CrossEntropyLoss
 from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
-from ._common import add_backend_arguments, add_data_arguments, blas_threads, load_data, make_model
+from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
+                      make_model)
 
 HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 seconds on a CPU)"
 
@@ -109,7 +110,7 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 0:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     _check_plot_available(args.plot)
-    with blas_threads(args.threads):
+    with blas_threads(args.threads, args.parallel):
         return _train(args)
 
 
@@ -138,7 +139,7 @@ def _train(args) -> int:
     loss_fn = CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
     say(f"training {o['model']} ({model.num_parameters():,} parameters) on {o['dataset']} "
-        f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}, "
+        f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}{describe_parallel(model)}, "
         f"{o['optimizer']} lr {o['lr']:g}" + (f", resuming after epoch {start}" if ckpt else ""))
 
     def meta() -> dict:
