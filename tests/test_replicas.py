@@ -223,3 +223,27 @@ def test_parallel_mode_is_validated():
 def test_no_shared_files_are_left_behind():
     gc.collect()
     assert not glob.glob("/dev/shm/xpcnn-*")
+
+
+def test_workers_compute_with_this_process_settings(processes):
+    """The library settings and NumPy's floating-point error handling travel with each forward."""
+    processes(2)
+    model = _lenet("float32")
+    x, _ = _data(64)
+    try:
+        config.set_conv_algorithm("im2col")
+        config.set_workspace_limit(4096)
+        with np.errstate(over="raise", invalid="ignore"):
+            model.forward(x)
+            want = (config.snapshot(), np.geterr())
+        assert model._replicas.settings() == [want]
+        assert want[0]["conv_algorithm"] == "im2col" and want[1]["over"] == "raise"
+    finally:
+        config.set_conv_algorithm(None)
+        config.set_workspace_limit(None)
+    model.forward(x)
+    assert model._replicas.settings() == [(config.snapshot(), np.geterr())] != [want]
+    config.restore(want[0])
+    assert config.snapshot() == want[0]
+    config.set_conv_algorithm(None)
+    config.set_workspace_limit(None)

@@ -127,3 +127,19 @@ def set_parallel_mode(mode: str | None) -> None:
 
 def get_parallel_mode() -> str:
     return _parallel_mode
+
+
+def snapshot() -> dict:
+    """The settings a worker process takes from this one before each step (:mod:`xpcnn.replicas`): all but the
+    thread count and the parallel mode (a worker runs its shard on one thread)."""
+    return {"workspace_limit": _workspace_limit, "cache_columns": _cache_columns, "fast_paths": _fast_paths,
+            "conv_algorithm": _conv_algorithm, "keep_freed_memory": _keep_freed_memory}
+
+
+def restore(settings: dict) -> None:
+    """Apply a :func:`snapshot`."""
+    set_workspace_limit(settings["workspace_limit"])
+    set_cache_columns(settings["cache_columns"])
+    set_fast_paths(settings["fast_paths"])
+    set_conv_algorithm(settings["conv_algorithm"])
+    set_keep_freed_memory(settings["keep_freed_memory"])

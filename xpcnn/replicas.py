@@ -170,14 +170,15 @@ class _Worker:
     """One worker process and its pipes; ``io`` is the shared file its input shard (and input gradient) use."""
 
     def __init__(self):
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this xpcnn, whatever the cwd
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "xpcnn._worker", str(to_child), str(from_child)],
-                                         pass_fds=(to_child, from_child), env=env, stdin=subprocess.DEVNULL)
+                                         pass_fds=(to_child, from_child), env=env, cwd=here,
+                                         stdin=subprocess.DEVNULL)
         finally:
             os.close(to_child)
             os.close(from_child)
@@ -286,6 +287,10 @@ class Replicas:
                 self.close()  # a worker may be gone, or still busy: its next reply would answer the wrong call
             raise
 
+    def settings(self) -> list:
+        """Each worker's ``(config.snapshot(), numpy.geterr())`` as of its last forward."""
+        return self._call([("settings",)] * len(self.workers), lambda: None, "settings")[1]
+
     def trace_memory(self, on: bool) -> list:
         """Start (``on``) or stop tracemalloc in every worker; stopping returns each one's peak of new
         allocations (bytes) since the start (``xpcnn bench``'s peak memory)."""
@@ -296,13 +301,14 @@ class Replicas:
         for view, a in zip(self.views, (a for m in model.modules() for a in _arrays(m))):
             view[...] = a
         training = [m.training for m in model.modules()]
+        settings = (config.snapshot(), np.geterr())  # the workers compute as this process would
         self.parts = shards(x.shape[0], len(self.workers) + 1)
         msgs = []
         for w, (a, b) in zip(self.workers, self.parts[1:]):
             shard = x[a:b]
             path = w.io_for(shard.nbytes)
             w.io.array(0, shard.shape, shard.dtype)[...] = shard
-            msgs.append(("forward", path, w.io.nbytes, tuple(shard.shape), str(shard.dtype), training))
+            msgs.append(("forward", path, w.io.nbytes, tuple(shard.shape), str(shard.dtype), training, settings))
         a, b = self.parts[0]
         mine, outs = self._call(msgs, lambda: run_local(x[a:b]), "forward")
         for w, m in zip(self.workers, msgs):
@@ -349,11 +355,13 @@ def serve(read_fd: int, write_fd: int) -> None:
                 model, grads = _attach(*msg[1:])
                 result = None
             elif op == "forward":
-                _, path, nbytes, shape, dtype, training = msg
+                _, path, nbytes, shape, dtype, training, (settings, errors) = msg
                 if path is not None:
                     io = _SharedFile(nbytes, path)
                 for m, flag in zip(model.modules(), training):
                     m.training = flag
+                config.restore(settings)
+                np.seterr(**errors)
                 result = np.asarray(model.forward(io.array(0, shape, dtype)))
             elif op == "backward":
                 _, dy, input_grad = msg
@@ -364,6 +372,8 @@ def serve(read_fd: int, write_fd: int) -> None:
                 if dx is not None:
                     io.array(0, dx.shape, dx.dtype)[...] = dx
                     result = tuple(dx.shape)
+            elif op == "settings":  # what the last forward ran with
+                result = (config.snapshot(), np.geterr())
             elif op == "trace":  # tracemalloc on (msg[1] True) or off, returning the peak in between
                 import tracemalloc
                 if msg[1]:
