@@ -99,28 +99,71 @@ def test_training_steps_keep_workers_in_step_with_the_parameters(processes):
     _assert_same(_step(par, x, labels), _step(_lenet(seed=5), x, labels))
 
 
-def test_eval_mode_batch_norm_and_dropout_run_on_workers_train_mode_does_not(processes):
-    layers = lambda: [xpcnn.Conv2d(3, 4, 3, padding=1), xpcnn.BatchNorm2d(4), xpcnn.ReLU(), xpcnn.Dropout(0.5),
-                      xpcnn.Flatten(), xpcnn.Linear(4 * 8 * 8, 5)]
-    model = xpcnn.Sequential(*layers(), backend="numpy", dtype="float64", seed=3)
-    ref = xpcnn.Sequential(*layers(), backend="numpy", dtype="float64", seed=3)
-    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8))
+def _bn_net(seed=3, dropout=0.0):
+    return xpcnn.Sequential(xpcnn.Conv2d(3, 4, 3, padding=1), xpcnn.BatchNorm2d(4), xpcnn.ReLU(),
+                            xpcnn.MaxPool2d(2), xpcnn.Dropout(dropout), xpcnn.Flatten(), xpcnn.Linear(4 * 4 * 4, 8),
+                            xpcnn.BatchNorm1d(8), xpcnn.ReLU(), xpcnn.Linear(8, 10),
+                            backend="numpy", dtype="float64", seed=seed)
+
+
+@pytest.mark.parametrize("n, batch", [(2, 64), (3, 50)])
+def test_batch_norm_in_training_uses_the_whole_batch_statistics(processes, n, batch):
+    """Batch norm sums its statistics over the processes' shards: outputs, gradients and running statistics
+    equal one process's over training steps, and eval mode then uses the running statistics."""
+    x, labels = _data(batch, shape=(3, 8, 8))
+    ref, par = _bn_net(), _bn_net()
+    processes(n)
+    for model in (ref, par):
+        config.set_parallel_mode("threads" if model is ref else "processes")
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model.results = []
+        for _ in range(2):
+            model.results.append(_step(model, x, labels))
+            opt.step()
+        model.eval()
+        model.results.append(np.array(model.forward(x)))
+    assert par._replicas is not None and len(par._replicas.workers) == n - 1
+    for a, b in zip(par.results[:2], ref.results[:2]):
+        _assert_same(a, b)
+    np.testing.assert_allclose(par.results[2], ref.results[2], rtol=1e-12, atol=1e-14)
+    for (name, a), (_, b) in zip(par.named_buffers(), ref.named_buffers()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_dropout_in_training_draws_the_single_process_masks(processes):
+    """Every process draws the whole batch's mask from the same generator state and keeps its rows: the same
+    masks, outputs and gradients as one process, and the generator ends where one process's does."""
+    x, labels = _data(64, shape=(3, 8, 8))
+    ref, par = _bn_net(dropout=0.5), _bn_net(dropout=0.5)
     processes(2)
-    assert "BatchNorm2d" in replicas.why_not(model) and "batch" in replicas.why_not(model)
+    assert replicas.why_not(par) is None
+    for model in (ref, par):
+        config.set_parallel_mode("threads" if model is ref else "processes")
+        model.results = [_step(model, x, labels) for _ in range(2)]
+    assert par._replicas is not None
+    for a, b in zip(par.results, ref.results):
+        _assert_same(a, b)
+    assert not np.array_equal(par.results[0][1], par.results[1][1])  # the masks changed between steps
+    assert par.layers[4].source().state_dict() == ref.layers[4].source().state_dict()
+
+
+def test_a_failure_here_stops_workers_waiting_for_batch_statistics(processes, monkeypatch):
+    processes(2)
+    model, ref = _bn_net(), _bn_net()
+    x, labels = _data(64, shape=(3, 8, 8))
     model.forward(x)
-    assert model.__dict__.get("_replicas") is None  # train mode: per-op threads
-    for m in (model, ref):
-        m.layers[1].running_mean[...] = np.linspace(-1, 1, 4)
-        m.layers[1].running_var[...] = np.linspace(0.5, 2, 4)
-        m.eval()
-    model.layers[3].training = True
-    assert "Dropout" in replicas.why_not(model)
-    model.eval()
-    assert replicas.why_not(model) is None
-    y = model.forward(x)
-    assert model._replicas is not None
+    workers = model._replicas
+
+    def boom(x):
+        raise ValueError("boom")
+    monkeypatch.setattr(model.layers[1], "forward", boom)  # this process fails before its first batch norm sum
+    with pytest.raises(ValueError, match="boom"):
+        model.forward(x)
+    monkeypatch.undo()
+    assert model._replicas is workers and not workers.closed  # the worker was stopped and answered
+    got = _step(model, x, labels)
     config.set_parallel_mode("threads")
-    np.testing.assert_allclose(y, ref.forward(x), rtol=1e-12, atol=1e-14)  # the running statistics were sent
+    _assert_same(got, _step(ref, x, labels))
 
 
 def test_what_stays_in_this_process(processes):
@@ -207,10 +250,10 @@ def test_models_pickle_and_copy_without_caches_or_workers(processes):
     config.set_parallel_mode("threads")
     _assert_same(_step(clone, x, labels), _step(_lenet(), x, labels))
     drop = xpcnn.Sequential(xpcnn.Flatten(), xpcnn.Dropout(0.5), backend="numpy", dtype="float64")
-    drop.forward(x)
-    again = copy.deepcopy(drop)
-    np.testing.assert_array_equal(again.forward(x), xpcnn.Sequential(xpcnn.Flatten(), xpcnn.Dropout(0.5),
-                                                                      backend="numpy", dtype="float64").forward(x))
+    first = drop.forward(x)
+    again = copy.deepcopy(drop)  # continues the mask stream where the original stands
+    np.testing.assert_array_equal(again.forward(x), drop.forward(x))
+    assert not np.array_equal(again.forward(x), first)
 
 
 def test_parallel_mode_is_validated():

@@ -147,3 +147,23 @@ def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list
     finally:
         rest = [f.result() for f in futures]  # wait for every shard, even if this one failed
     return [first] + rest
+
+
+_batch_sum: Callable[[Any, int], tuple] | None = None  # set by xpcnn.replicas while the batch is split over processes
+
+
+def batch_sum(v, count: int) -> tuple:
+    """``(v, count)`` summed over every process's shard of the batch: ``v`` a per-channel sum over this process's
+    samples (a NumPy array), ``count`` the values it summed. Batch norm's statistics go through it so that
+    they are the whole batch's when :mod:`xpcnn.replicas` splits the batch; unchanged otherwise."""
+    return (v, count) if _batch_sum is None else _batch_sum(v, count)
+
+
+_shard: tuple[int, int] | None = None  # (first sample, batch size) of this process's shard, set by xpcnn.replicas
+
+
+def batch_shard(n: int) -> tuple[int, int]:
+    """``(start, total)``: where this process's ``n`` samples sit in the whole batch of ``total`` (``(0, n)`` unless
+    :mod:`xpcnn.replicas` split the batch over processes). Dropout draws the whole batch's mask and keeps its
+    rows, so that the masks do not depend on the split."""
+    return (0, n) if _shard is None else _shard

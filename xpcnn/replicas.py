@@ -56,13 +56,10 @@ def why_not(model) -> str | None:
         return "worker processes run the NumPy backend only"
     per_sample = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
                   AdaptiveAvgPool2d)
+    # batch norm sums its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's
+    # mask in every process from the same generator state and keeps its rows (parallel.batch_shard)
     for m in model.modules():
-        if isinstance(m, (_BatchNorm, Dropout)):
-            if m.training and not (isinstance(m, Dropout) and m.p == 0.0):
-                return (f"{m.label()} in training mode "
-                        + ("uses the statistics of the whole batch" if isinstance(m, _BatchNorm)
-                           else "draws its masks from one random stream"))
-        elif not isinstance(m, per_sample):
+        if not isinstance(m, per_sample + (_BatchNorm, Dropout)):
             return f"{m.label()} is not known to treat the samples of a batch independently"
     return None
 
@@ -199,12 +196,15 @@ class _Worker:
             code = None
         return RuntimeError(f"xpcnn worker process {self.proc.pid} exited during {what} (exit code {code})")
 
-    def reply(self, what: str):
-        """The worker's answer; a worker's exception or death is raised here as a RuntimeError."""
+    def receive(self, what: str):
+        """The worker's next message; its death is raised here as a RuntimeError."""
         try:
-            msg = self.recv_conn.recv()
+            return self.recv_conn.recv()
         except (EOFError, OSError) as e:
             raise self._exited(what) from e
+
+    def result(self, msg, what: str):
+        """The value of a final reply; a worker's exception is raised here as a RuntimeError."""
         if msg[0] == "error":
             raise RuntimeError(f"xpcnn worker process {self.proc.pid} failed during {what}: {msg[1]}\n"
                                f"--- worker traceback ---\n{msg[2]}")
@@ -249,7 +249,7 @@ class Replicas:
                 self.workers[-1].send(("init", payload, self.state.path, nbytes, self.values, self.grads[k]),
                                       "start-up")
             for w in self.workers:
-                w.reply("start-up")
+                w.result(w.receive("start-up"), "start-up")
         except BaseException:
             self.close()
             raise
@@ -263,29 +263,73 @@ class Replicas:
         self._finalizer()
 
     def _call(self, msgs: list, local, what: str):
-        """Send each worker its message, run ``local()`` here meanwhile, then collect every reply (even when
-        ``local`` raised, so that the pipes stay in step). Returns ``(local's result, replies)``."""
+        """Send each worker its message, run ``local()`` here meanwhile (its batch norm statistics summed with
+        the workers', :meth:`_sum_shards`), then collect every final reply, even when ``local`` raised, so that
+        the pipes stay in step. Returns ``(local's result, replies)``."""
+        self._final: list = [None] * len(self.workers)
+        self._waiting = [False] * len(self.workers)  # sent its part of a sum, waits for the total
         try:
             for w, msg in zip(self.workers, msgs):
                 w.send(msg, what)
             try:
-                mine = local()
+                parallel._batch_sum = self._sum_shards
+                try:
+                    mine = local()
+                finally:
+                    parallel._batch_sum = None
             finally:
-                replies, error = [], None
-                for w in self.workers:
-                    try:
-                        replies.append(w.reply(what))
-                    except RuntimeError as e:
-                        error = error or e
-                        if w.proc.poll() is not None:
-                            self.close()
-            if error is not None:
-                raise error
-            return mine, replies
+                died = self._collect(what)
+            if died is not None:
+                raise died
+            return mine, [w.result(m, what) for w, m in zip(self.workers, self._final)]
         except BaseException as e:
             if not isinstance(e, (ValueError, TypeError)) or self.closed:
                 self.close()  # a worker may be gone, or still busy: its next reply would answer the wrong call
             raise
+
+    def _collect(self, what: str) -> RuntimeError | None:
+        """Read each worker's final reply; a worker still waiting for a sum is told to stop (this process left
+        the step early). Returns the error of a worker that died, if one did."""
+        died = None
+        for k, w in enumerate(self.workers):
+            try:
+                if self._waiting[k]:
+                    self._waiting[k] = False
+                    w.send(("abort",), what)
+                while self._final[k] is None:
+                    msg = w.receive(what)
+                    if msg[0] == "reduce":
+                        w.send(("abort",), what)
+                    else:
+                        self._final[k] = msg
+            except RuntimeError as e:
+                died = died or e
+                self._final[k] = ("error", str(e), "")
+                self.close()
+        return died
+
+    def _sum_shards(self, v, count: int) -> tuple:
+        """``parallel.batch_sum`` in this process during a split step: this shard's ``(v, count)`` plus each
+        worker's, in shard order; every worker gets the total."""
+        parts, counts = [v], [count]
+        for k, w in enumerate(self.workers):
+            msg = w.receive("batch norm statistics")
+            if msg[0] != "reduce":  # the worker failed before it got here: stop the others, raise its error
+                self._final[k] = msg
+                w.result(msg, "forward" if msg[0] == "error" else "batch norm statistics")
+                raise RuntimeError(f"xpcnn worker process {w.proc.pid} finished a step without the batch "
+                                   "statistics this process asked for (the model differs between processes)")
+            self._waiting[k] = True
+            parts.append(msg[1])
+            counts.append(msg[2])
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        n = sum(counts)
+        for k, w in enumerate(self.workers):
+            w.send(("total", total, n), "batch norm statistics")
+            self._waiting[k] = False
+        return total, n
 
     def settings(self) -> list:
         """Each worker's ``(config.snapshot(), numpy.geterr())`` as of its last forward."""
@@ -302,15 +346,25 @@ class Replicas:
             view[...] = a
         training = [m.training for m in model.modules()]
         settings = (config.snapshot(), np.geterr())  # the workers compute as this process would
+        randoms = [(i, m.source().state_dict()) for i, m in enumerate(model.modules())
+                   if m.training and hasattr(m, "source")]  # dropout: every process at the same point
         self.parts = shards(x.shape[0], len(self.workers) + 1)
         msgs = []
         for w, (a, b) in zip(self.workers, self.parts[1:]):
             shard = x[a:b]
             path = w.io_for(shard.nbytes)
             w.io.array(0, shard.shape, shard.dtype)[...] = shard
-            msgs.append(("forward", path, w.io.nbytes, tuple(shard.shape), str(shard.dtype), training, settings))
+            msgs.append(("forward", path, w.io.nbytes, tuple(shard.shape), str(shard.dtype), training, settings,
+                         randoms, (a, x.shape[0])))
         a, b = self.parts[0]
-        mine, outs = self._call(msgs, lambda: run_local(x[a:b]), "forward")
+
+        def local():
+            parallel._shard = (a, x.shape[0])
+            try:
+                return run_local(x[a:b])
+            finally:
+                parallel._shard = None
+        mine, outs = self._call(msgs, local, "forward")
         for w, m in zip(self.workers, msgs):
             if m[1] is not None:
                 w.io.unlink()  # the worker mapped it
@@ -337,37 +391,62 @@ def serve(read_fd: int, write_fd: int) -> None:
     """A worker process's loop (``python -m xpcnn._worker``): answer forward/backward calls until end-of-file."""
     import traceback
 
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    except ImportError:  # the environment already asks for one BLAS thread
+        pass
     config.set_num_threads(1)
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    model = grads = io = None
+
+    def batch_sum(v, count):  # parallel.batch_sum here: send this shard's part, wait for the whole batch's
+        outbox.send(("reduce", np.asarray(v), count))
+        msg = inbox.recv()
+        if msg[0] != "total":
+            raise RuntimeError("the step was stopped in the parent process")
+        return msg[1], msg[2]
+
+    model = slots = io = None
     traced = 0
     while True:
         try:
             msg = inbox.recv()
         except (EOFError, OSError):
             return
+        op = msg[0]
+        if op == "abort":  # a stop for a sum this worker no longer waits for
+            continue
         try:
-            op = msg[0]
             if op == "init":
-                model, grads = _attach(*msg[1:])
+                model, slots = _attach(*msg[1:])
                 result = None
             elif op == "forward":
-                _, path, nbytes, shape, dtype, training, (settings, errors) = msg
+                _, path, nbytes, shape, dtype, training, (settings, errors), randoms, shard = msg
                 if path is not None:
                     io = _SharedFile(nbytes, path)
-                for m, flag in zip(model.modules(), training):
+                modules = list(model.modules())
+                for m, flag in zip(modules, training):
                     m.training = flag
+                for i, state in randoms:
+                    modules[i].source().load_state_dict(state)
+                _point(slots)
                 config.restore(settings)
                 np.seterr(**errors)
-                result = np.asarray(model.forward(io.array(0, shape, dtype)))
+                parallel._batch_sum, parallel._shard = batch_sum, shard
+                try:
+                    result = np.asarray(model.forward(io.array(0, shape, dtype)))
+                finally:
+                    parallel._batch_sum = parallel._shard = None
             elif op == "backward":
                 _, dy, input_grad = msg
-                for g in grads:
-                    g[...] = 0
-                dx = model.backward(dy, input_grad=input_grad)
+                for _, _, _, grad in slots:
+                    if grad is not None:
+                        grad[...] = 0
+                parallel._batch_sum = batch_sum
+                try:
+                    dx = model.backward(dy, input_grad=input_grad)
+                finally:
+                    parallel._batch_sum = None
                 result = None
                 if dx is not None:
                     io.array(0, dx.shape, dx.dtype)[...] = dx
@@ -396,16 +475,26 @@ def serve(read_fd: int, write_fd: int) -> None:
 
 
 def _attach(payload: bytes, path: str, nbytes: int, values: list, grads: list) -> tuple[Any, list]:
-    """Unpickle the model and point its parameters, buffers and gradients at the shared state file."""
+    """Unpickle the model; returns it and its slots ``(module, name, value view, gradient view or None)``: every
+    parameter and buffer as a view of the shared state file (:func:`_point` sets them)."""
     model = pickle.loads(payload)
     state = _SharedFile(nbytes, path)
     views = iter([state.array(*v) for v in values])
-    grad_views = [state.array(*g) for g in grads]
-    gi = iter(grad_views)
+    grad_views = iter([state.array(*g) for g in grads])
+    slots = []
     for m in model.modules():
-        for k in m._param_names:
-            p = getattr(m, k)
-            p.data, p.grad = next(views), next(gi)
-        for k in m._buffer_names:
-            setattr(m, k, next(views))
-    return model, grad_views
+        slots += [(m, k, next(views), next(grad_views)) for k in m._param_names]
+        slots += [(m, k, next(views), None) for k in m._buffer_names]
+    _point(slots)
+    return model, slots
+
+
+def _point(slots: list) -> None:
+    """Point the worker's parameters, gradients and buffers at the shared state again (batch norm replaces its
+    running statistics with new arrays in training)."""
+    for m, name, value, grad in slots:
+        if grad is None:
+            setattr(m, name, value)
+        else:
+            p = getattr(m, name)
+            p.data, p.grad = value, grad

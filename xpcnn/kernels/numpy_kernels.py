@@ -79,18 +79,20 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out if out is not None else np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
 
 
-def bn_center(m: np.ndarray, g: int):
-    """Batch norm statistics of rows ``m (R, g*C)``: ``(column sums, centered, column sums of centered**2)``
-    (folded to C by the caller). Two passes over ``m`` and one over ``centered``, no temporaries."""
+def bn_center(m: np.ndarray, g: int, mean_of):
+    """Batch norm statistics of rows ``m (R, g*C)``: ``(mean (C,), centered, column sums of centered**2)``
+    (the last folded to C by the caller), ``mean = mean_of(per-channel sums)``. Two passes over ``m`` and one
+    over ``centered``, no temporaries."""
     total = _sum(_sharded(lambda a, b: np.add.reduce(m[a:b], axis=0), m))
-    mean = np.tile(np.sum(total.reshape(g, -1), axis=0) / (m.shape[0] * g), g).astype(m.dtype)
+    mean_c = mean_of(np.sum(total.reshape(g, -1), axis=0))
+    mean = np.tile(mean_c, g).astype(m.dtype)
     centered = np.empty(m.shape, dtype=m.dtype)
 
     def center(a, b):
         c = centered[a:b]
         np.subtract(m[a:b], mean, out=c)
         return np.einsum("ij,ij->j", c, c)  # one pass, no temporary (as fast as a plain sum)
-    return total, centered, _sum(_sharded(center, m))
+    return mean_c, centered, _sum(_sharded(center, m))
 
 
 def bn_affine(m: np.ndarray, scale: np.ndarray, shift: np.ndarray | None) -> np.ndarray:

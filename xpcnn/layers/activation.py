@@ -1,7 +1,7 @@
 """Activation layers and Dropout."""
 from __future__ import annotations
 
-from .. import functional as F
+from .. import functional as F, parallel
 from .module import Module
 
 
@@ -72,17 +72,33 @@ class Dropout(Module):
         return super().bind(backend, rng)
 
     def __getstate__(self):
-        """A copy restarts the mask stream from the seed (the generator lives on the device)."""
-        return dict(super().__getstate__(), _random=None, _random_backend=None)
+        """A copy continues the mask stream where this one stands (the generator itself lives on the device)."""
+        state = dict(super().__getstate__(), _random=None, _random_backend=None)
+        if self._random is not None:
+            state["_random_state"] = self._random.state_dict()
+        return state
+
+    def source(self):
+        """The layer's generator of uniform draws (created on first use, on the layer's device)."""
+        if self._random is None or self._random_backend is not self.backend:
+            self._random, self._random_backend = self.backend.uniform_source(self._seed), self.backend
+            saved = self.__dict__.pop("_random_state", None)
+            if saved is not None and saved.get("kind") == self._random.state_dict()["kind"]:
+                self._random.load_state_dict(saved)
+        return self._random
 
     def forward(self, x):
         self.check_input(x)
         if not self.training or self.p == 0.0:
             self._ctx = None
             return x
-        if self._random is None or self._random_backend is not self.backend:
-            self._random, self._random_backend = self.backend.uniform_source(self._seed), self.backend
-        self._ctx = keep = self._random(tuple(x.shape)) >= self.p
+        n = x.shape[0]
+        start, total = parallel.batch_shard(n)
+        if total == n:
+            draws = self.source()(tuple(x.shape))
+        else:  # this process's rows of the whole batch's mask (xpcnn.replicas)
+            draws = self.source()((total,) + tuple(x.shape[1:]))[start:start + n, ...]
+        self._ctx = keep = draws >= self.p
         return F.dropout(x, self.p, keep)
 
     def backward(self, dy):
