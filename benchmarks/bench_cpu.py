@@ -24,9 +24,9 @@ gets the same allocator setting as in the interleaved run.
 
 Parallelism (more than one thread): ``--parallel processes`` (default) lets xpcnn run the batch on worker
 processes (``config.set_parallel_mode("processes")``, one process per thread, each running the whole model
-on its shard) where the model allows it (LeNet: every layer treats samples independently); vgg-small's
-batch norm needs the whole batch, so it uses per-op threads either way. The ``parallel`` column says
-which ran. PyTorch always uses its intra-op threads.
+on its shard; batch norm sums its statistics over the processes) for both models. ``--parallel threads``
+measures the per-op threads instead. The ``parallel`` column says which ran. PyTorch always uses its
+intra-op threads.
 
 Memory: each (framework, model) runs in a fresh subprocess with 1 thread and
 glibc told to mmap every block of 64 KiB or more (MALLOC_MMAP_THRESHOLD_=65536),

@@ -290,3 +290,29 @@ def test_workers_compute_with_this_process_settings(processes):
     assert config.snapshot() == want[0]
     config.set_conv_algorithm(None)
     config.set_workspace_limit(None)
+
+
+def test_a_forked_copy_of_this_process_starts_its_own_workers(processes):
+    processes(2)
+    model = _lenet()
+    x, labels = _data(64)
+    model.forward(x)
+    mine = model._replicas
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own workers, the parent's untouched
+        ok = False
+        try:
+            model.forward(x)
+            ok = model._replicas is not mine and model._replicas.pid == os.getpid()
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert model._replicas is mine and not mine.closed
+    config.set_parallel_mode("threads")
+    want = _step(_lenet(), x, labels)
+    config.set_parallel_mode("processes")
+    _assert_same(_step(model, x, labels), want)

@@ -116,8 +116,8 @@ def set_parallel_mode(mode: str | None) -> None:
     """How a NumPy model step uses more than one core (``set_num_threads``, else the BLAS thread count):
     ``"threads"`` (default) splits each op's batch over worker threads (``xpcnn.parallel``); ``"processes"``
     runs the whole model on a shard of the batch in each of ``n - 1`` worker processes besides this one
-    (``xpcnn.replicas``), for models whose layers treat samples independently, and falls back to threads
-    elsewhere. ``None`` restores "threads"."""
+    (``xpcnn.replicas``), for models built from xpcnn's layers, and falls back to threads elsewhere.
+    ``None`` restores "threads"."""
     global _parallel_mode
     mode = "threads" if mode is None else mode
     if mode not in _PARALLEL_MODES:

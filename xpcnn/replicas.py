@@ -17,11 +17,16 @@ How (``config.set_parallel_mode("processes")``, n workers from ``set_num_threads
   are concatenated. ``backward`` sends each worker its shard of ``dy``, runs this process's shard, then adds
   each worker's gradients into ``Parameter.grad`` in shard order. Loss, optimizer and everything else
   stay in this process, unchanged: results equal the single-process ones up to float rounding.
-* Only models whose layers treat samples independently take this path: BatchNorm in training mode
-  (batch statistics) and Dropout in training mode (one random stream) use per-op threads instead, as
-  does any other backend, a batch of fewer than ``2 * MIN_SHARD`` samples, and a non-POSIX system
-  (:func:`why_not` says why). A worker's error is raised here with its traceback; a worker that dies,
-  or an interrupted call, stops all of them (the next step starts fresh ones).
+* Batch norm in training needs the whole batch's statistics: its per-channel sums go through
+  ``parallel.batch_sum``, which here sends each worker's part to this process and the total back (two
+  exchanges per batch norm forward, one per backward), so every process normalises with the whole batch's
+  mean and variance and updates its running statistics with them. Dropout in training draws the whole
+  batch's mask in every process, from the generator state this process sends with each forward, and keeps
+  its rows (``parallel.batch_shard``): the same masks as in one process.
+* Layers xpcnn does not know (user-defined modules), other backends, batches of fewer than
+  ``2 * MIN_SHARD`` samples and non-POSIX systems use per-op threads instead (:func:`why_not` says why).
+  A worker's error is raised here with its traceback; a worker that dies, or an interrupted call, stops all
+  of them (the next step starts fresh ones).
 """
 from __future__ import annotations
 
@@ -90,6 +95,8 @@ def plan(model, batch: int) -> "Replicas | None":
     if n <= 1:
         return None
     sig = _signature(model)
+    if current is not None and current.pid != os.getpid():  # a forked copy of this process: not its workers
+        current = None
     if current is not None and (current.signature != sig or len(current.workers) != n - 1 or current.closed):
         current.close()
         current = None
@@ -218,7 +225,9 @@ class _Worker:
         return self.io.path
 
 
-def _stop(workers: list, state: _SharedFile) -> None:
+def _stop(workers: list, state: _SharedFile, pid: int) -> None:
+    if os.getpid() != pid:  # a forked copy of the process that started them: leave them to it
+        return
     for w in workers:
         for c in (w.send_conn, w.recv_conn):
             c.close()  # the worker sees end-of-file and exits
@@ -237,11 +246,11 @@ class Replicas:
     """``workers`` worker processes holding copies of ``model`` (see the module docstring)."""
 
     def __init__(self, model, workers: int, signature: tuple):
-        self.signature, self.closed = signature, False
+        self.signature, self.closed, self.pid = signature, False, os.getpid()
         self.values, self.grads, nbytes = _layout(model, workers)
         self.state = _SharedFile(nbytes)
         self.workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _stop, self.workers, self.state)
+        self._finalizer = weakref.finalize(self, _stop, self.workers, self.state, self.pid)
         payload = _pickle_model(model)
         try:
             for k in range(workers):

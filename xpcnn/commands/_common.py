@@ -19,8 +19,8 @@ def add_backend_arguments(parser) -> None:
                              "threadpoolctl")
     parser.add_argument("--parallel", choices=("processes", "threads"), default="processes",
                         help="with --threads N > 1 on NumPy: 'processes' (default) runs the batch on N processes, "
-                             "each the whole model on its shard, where the model allows it (no batch norm or "
-                             "dropout in training), else per-op threads; 'threads' splits every op over N threads")
+                             "each the whole model on its shard, for models of xpcnn's own layers (else per-op "
+                             "threads); 'threads' splits every op over N threads")
 
 
 def add_data_arguments(parser) -> None:
@@ -97,7 +97,7 @@ def _blas_limit(n: int | None):
         yield
 
 
-def describe_parallel(model) -> str:
+def describe_parallel(model, batch_size: int) -> str:
     """How a NumPy training step uses the CPU, for the command's first line (empty on other backends)."""
     if model.backend.name != "numpy":
         return ""
@@ -106,6 +106,8 @@ def describe_parallel(model) -> str:
         return ", 1 thread"
     if config.get_parallel_mode() == "processes":
         why = replicas.why_not(model)
+        if why is None and replicas.processes_for(model, batch_size) <= 1:
+            why = f"batches of {batch_size} are too small to split (at least {2 * replicas.MIN_SHARD})"
         return f", {n} worker processes" if why is None else f", {n} threads (not processes: {why})"
     return f", {n} threads"
 
