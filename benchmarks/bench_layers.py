@@ -17,6 +17,9 @@ repetitions, not repetition by repetition: OpenBLAS's helper threads keep spinni
 multi-threaded GEMM and took a core from the convolution's second worker (32x32x32 forward 17 -> 30 ms right
 after a 2-thread GEMM; any repetition right after an idle pause was slow too).
 GFLOP/s counts 2*F*K*P per GEMM (6*F*K*P for forward + backward).
+A model never computes its first layer's input gradient (``backward(dy, input_grad=False)``, as PyTorch), so
+for LeNet's and vgg-small's first layers the line also gives ``as first layer``: forward + backward without
+the input gradient over the forward and weight-gradient GEMMs alone.
 Pooling is timed forward and backward (no floor).
 """
 from __future__ import annotations
@@ -57,6 +60,7 @@ def _t(f):
 
 def bench_conv(shape, reps, dtype=np.float32):
     from xpcnn.functional import conv2d_backward, conv2d_forward
+    from xpcnn.functional.conv import conv2d_backward_params
     n, c, hw, f, k, s, p = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, hw, hw)).astype(dtype)
@@ -72,19 +76,23 @@ def bench_conv(shape, reps, dtype=np.float32):
     wm = w.reshape(f, kk)
     col = rng.standard_normal((kk, pp)).astype(dtype)
     dym = rng.standard_normal((f, pp)).astype(dtype)
-    tf, tb, tg = [], [], []
+    first = shape in FIRST_LAYERS
+    tf, tb, tn, tg, t2 = [], [], [], [], []
     for _ in range(2):  # rounds of reps, convolution and floor in separate loops (see the module docstring)
         for _ in range(reps // 2 + 2):
             with parallel.step(np):
                 a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
                 bb, _ = _t(lambda: conv2d_backward(dy, ctx))
+                bn, _ = _t(lambda: conv2d_backward_params(dy, ctx)) if first else (0.0, None)
             del ctx, y
-            tf.append(a), tb.append(bb)
-        del tf[-(reps // 2 + 2):-(reps // 2)], tb[-(reps // 2 + 2):-(reps // 2)]  # two warm-up repetitions
+            tf.append(a), tb.append(bb), tn.append(bn)
+        for t in (tf, tb, tn):
+            del t[-(reps // 2 + 2):-(reps // 2)]  # two warm-up repetitions
         for _ in range(reps // 2 + 1):
             g, _ = _t(lambda: (wm @ col, dym @ col.T, wm.T @ dym))
-            tg.append(g)
-        del tg[-(reps // 2 + 1)]
+            g2, _ = _t(lambda: (wm @ col, dym @ col.T)) if first else (0.0, None)
+            tg.append(g), t2.append(g2)
+        del tg[-(reps // 2 + 1)], t2[-(reps // 2 + 1)]
     flop = 6.0 * f * kk * pp
     fb = statistics.median(a + b for a, b in zip(tf, tb))
     gm = statistics.median(tg)
@@ -92,7 +100,11 @@ def bench_conv(shape, reps, dtype=np.float32):
     print(f"conv N={n:<4d} C={c:<4d} {hw}x{hw:<3d} F={f:<4d} k={k} s={s} p={p} | "
           f"fwd {1e3 * statistics.median(tf):7.1f} ms  bwd {1e3 * statistics.median(tb):7.1f} ms  "
           f"fwd+bwd {1e3 * fb:7.1f} ms {flop / fb / 1e9:6.1f} GFLOP/s | GEMMs {1e3 * gm:7.1f} ms "
-          f"{flop / gm / 1e9:6.1f} GFLOP/s | ratio {ratio:5.2f}", flush=True)
+          f"{flop / gm / 1e9:6.1f} GFLOP/s | ratio {ratio:5.2f}"
+          + (f" | as first layer: fwd+bwd without dx {1e3 * statistics.median(a + b for a, b in zip(tf, tn)):6.1f} ms"
+             f" / fwd+dW GEMMs {1e3 * statistics.median(t2):6.1f} ms = "
+             f"{statistics.median(a + b for a, b in zip(tf, tn)) / statistics.median(t2):5.2f}" if first else ""),
+          flush=True)
 
 
 def bench_pool(shape, reps, dtype=np.float32):
