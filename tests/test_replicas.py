@@ -316,3 +316,13 @@ def test_a_forked_copy_of_this_process_starts_its_own_workers(processes):
     want = _step(_lenet(), x, labels)
     config.set_parallel_mode("processes")
     _assert_same(_step(model, x, labels), want)
+
+
+def test_no_room_for_shared_memory_is_a_clear_error(monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)  # /dev/shm and the temporary directory full
+    with pytest.raises(RuntimeError, match="MiB of shared memory.*No space left.*set_parallel_mode"):
+        replicas._SharedFile(10 * 2 ** 20)
+    import tempfile
+    assert not glob.glob("/dev/shm/xpcnn-*") + glob.glob(os.path.join(tempfile.gettempdir(), "xpcnn-*"))

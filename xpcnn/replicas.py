@@ -117,14 +117,14 @@ def _arrays(m) -> list:
 
 
 class _SharedFile:
-    """A file in shared memory (``/dev/shm`` where there is one), mapped; unlinked once every user mapped it."""
+    """A file in shared memory (``/dev/shm`` where there is one and it has room, else the temporary directory),
+    mapped; unlinked once every user mapped it. Its space is reserved up front: a full ``/dev/shm`` (64 MiB in
+    a default Docker container) is an error here, not a SIGBUS in the middle of a step."""
 
     def __init__(self, nbytes: int, path: str | None = None):
         self.nbytes = max(nbytes, 1)
         if path is None:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            fd, self.path = tempfile.mkstemp(prefix="xpcnn-", dir=shm)
-            os.ftruncate(fd, self.nbytes)
+            fd, self.path = _reserve(self.nbytes)
         else:
             self.path = path
             fd = os.open(path, os.O_RDWR)
@@ -145,6 +145,25 @@ class _SharedFile:
             except FileNotFoundError:
                 pass
             self.path = None
+
+
+def _reserve(nbytes: int) -> tuple[int, str]:
+    """An open file of ``nbytes`` reserved bytes and its path, in ``/dev/shm`` or else the temporary directory."""
+    tried = []
+    for where in (["/dev/shm"] if os.path.isdir("/dev/shm") else []) + [tempfile.gettempdir()]:
+        fd, path = tempfile.mkstemp(prefix="xpcnn-", dir=where)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:
+                os.ftruncate(fd, nbytes)
+            return fd, path
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            tried.append(f"{where}: {e.strerror}")
+    raise RuntimeError(f"worker processes need {nbytes / 2 ** 20:.1f} MiB of shared memory, and none could be "
+                       f"reserved ({'; '.join(tried)}); free some, or use config.set_parallel_mode('threads')")
 
 
 def _layout(model, workers: int) -> tuple[list, list, int]:
@@ -398,8 +417,10 @@ class Replicas:
 
 def serve(read_fd: int, write_fd: int) -> None:
     """A worker process's loop (``python -m xpcnn._worker``): answer forward/backward calls until end-of-file."""
+    import signal
     import traceback
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
