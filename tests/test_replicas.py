@@ -53,6 +53,24 @@ def _step(model, x, labels, input_grad=True):
     return loss, np.array(out), dx, [np.array(p.grad) for p in model.parameters()]
 
 
+def _lenet_on_workers():
+    """A float64 LeNet that ran a batch of 64 on 2 processes (its workers started), and that batch."""
+    model = _lenet()
+    x, labels = _data(64)
+    model.forward(x)
+    assert model._replicas is not None
+    return model, x, labels
+
+
+def _in_one_process(fn, *args):
+    """``fn(*args)`` with the batch in this process (per-op threads), then back to worker processes."""
+    config.set_parallel_mode("threads")
+    try:
+        return fn(*args)
+    finally:
+        config.set_parallel_mode("processes")
+
+
 def _assert_same(a, b):
     (la, ya, dxa, ga), (lb, yb, dxb, gb) = a, b
     assert la == pytest.approx(lb, rel=1e-13)
@@ -161,9 +179,7 @@ def test_a_failure_here_stops_workers_waiting_for_batch_statistics(processes, mo
         model.forward(x)
     monkeypatch.undo()
     assert model._replicas is workers and not workers.closed  # the worker was stopped and answered
-    got = _step(model, x, labels)
-    config.set_parallel_mode("threads")
-    _assert_same(got, _step(ref, x, labels))
+    _assert_same(_step(model, x, labels), _in_one_process(_step, ref, x, labels))
 
 
 def test_what_stays_in_this_process(processes):
@@ -185,44 +201,33 @@ def test_what_stays_in_this_process(processes):
 
 def test_a_changed_model_gets_fresh_workers_and_bad_input_leaves_them_usable(processes):
     processes(2)
-    model = _lenet()
-    x, labels = _data(64)
-    model.forward(x)
+    model, x, labels = _lenet_on_workers()
     first = model._replicas
     model.layers[-1] = xpcnn.Linear(84, 10)
     model.layers[-1].bind(model.backend, np.random.default_rng(7))
     ref = copy.deepcopy(model)
     got = _step(model, x, labels)
     assert model._replicas is not first and first.closed
-    config.set_parallel_mode("threads")
-    _assert_same(got, _step(ref, x, labels))
-    config.set_parallel_mode("processes")
+    _assert_same(got, _in_one_process(_step, ref, x, labels))
     with pytest.raises(ValueError, match="input channels"):
         model.forward(np.zeros((64, 3, 28, 28)))
     with pytest.raises(ValueError, match="samples"):
         model.forward(x)
         model.backward(np.zeros((32, 10)))
-    config.set_parallel_mode("threads")
-    want = _step(ref, x, labels)
-    config.set_parallel_mode("processes")
+    want = _in_one_process(_step, ref, x, labels)
     _assert_same(_step(model, x, labels), want)
 
 
 def test_a_dead_worker_is_an_error_and_the_next_step_starts_new_ones(processes):
     processes(2)
-    model = _lenet()
-    x, labels = _data(64)
-    model.forward(x)
+    model, x, labels = _lenet_on_workers()
     dead = model._replicas
     dead.workers[0].proc.kill()
     dead.workers[0].proc.wait()
     with pytest.raises(RuntimeError, match="worker process .* exited"):
         model.forward(x)
     assert dead.closed
-    config.set_parallel_mode("threads")
-    want = _step(_lenet(), x, labels)
-    config.set_parallel_mode("processes")
-    _assert_same(_step(model, x, labels), want)
+    _assert_same(_step(model, x, labels), _in_one_process(_step, _lenet(), x, labels))
     assert model._replicas is not dead
 
 
@@ -241,9 +246,7 @@ def test_workers_and_their_shared_files_go_with_the_model(processes):
 
 def test_models_pickle_and_copy_without_caches_or_workers(processes):
     processes(2)
-    model = _lenet()
-    x, labels = _data(64)
-    model.forward(x)
+    model, x, labels = _lenet_on_workers()
     clone = pickle.loads(pickle.dumps(model))
     assert "_replicas" not in clone.__dict__ and clone.backend.spec == "numpy"
     assert all(getattr(m, "_ctx", None) is None for m in clone.modules())
@@ -294,9 +297,7 @@ def test_workers_compute_with_this_process_settings(processes):
 
 def test_a_forked_copy_of_this_process_starts_its_own_workers(processes):
     processes(2)
-    model = _lenet()
-    x, labels = _data(64)
-    model.forward(x)
+    model, x, labels = _lenet_on_workers()
     mine = model._replicas
     read, write = os.pipe()
     pid = os.fork()
@@ -312,10 +313,7 @@ def test_a_forked_copy_of_this_process_starts_its_own_workers(processes):
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
     assert model._replicas is mine and not mine.closed
-    config.set_parallel_mode("threads")
-    want = _step(_lenet(), x, labels)
-    config.set_parallel_mode("processes")
-    _assert_same(_step(model, x, labels), want)
+    _assert_same(_step(model, x, labels), _in_one_process(_step, _lenet(), x, labels))
 
 
 def test_no_room_for_shared_memory_is_a_clear_error(monkeypatch):

@@ -40,6 +40,14 @@ def get_cache_columns() -> bool:
     return _cache_columns
 
 
+def _choice(value: str | None, choices: tuple, what: str) -> str:
+    """``value`` if it is one of ``choices`` (``None``: the first, the default), else a ValueError naming them."""
+    value = choices[0] if value is None else value
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+    return value
+
+
 _fast_paths = True
 
 
@@ -67,10 +75,7 @@ def set_conv_algorithm(name: str | None) -> None:
     of the stride, for every ungrouped convolution). Tests use them to
     cover each path on small shapes; ``None`` restores "auto"."""
     global _conv_algorithm
-    name = "auto" if name is None else name
-    if name not in _CONV_ALGORITHMS:
-        raise ValueError(f"conv algorithm must be one of {_CONV_ALGORITHMS}, got {name!r}")
-    _conv_algorithm = name
+    _conv_algorithm = _choice(name, _CONV_ALGORITHMS, "conv algorithm")
 
 
 def get_conv_algorithm() -> str:
@@ -119,10 +124,7 @@ def set_parallel_mode(mode: str | None) -> None:
     (``xpcnn.replicas``), for models built from xpcnn's layers, and falls back to threads elsewhere.
     ``None`` restores "threads"."""
     global _parallel_mode
-    mode = "threads" if mode is None else mode
-    if mode not in _PARALLEL_MODES:
-        raise ValueError(f"parallel mode must be one of {_PARALLEL_MODES}, got {mode!r}")
-    _parallel_mode = mode
+    _parallel_mode = _choice(mode, _PARALLEL_MODES, "parallel mode")
 
 
 def get_parallel_mode() -> str:
