@@ -324,3 +324,17 @@ def test_no_room_for_shared_memory_is_a_clear_error(monkeypatch):
         replicas._SharedFile(10 * 2 ** 20)
     import tempfile
     assert not glob.glob("/dev/shm/xpcnn-*") + glob.glob(os.path.join(tempfile.gettempdir(), "xpcnn-*"))
+
+
+def test_a_nested_sequential_runs_inside_its_parent_s_shards(processes):
+    def net():
+        inner = xpcnn.Sequential(xpcnn.Conv2d(3, 4, 3), xpcnn.BatchNorm2d(4), xpcnn.ReLU(), backend="numpy",
+                                 dtype="float64", seed=1)
+        return xpcnn.Sequential(inner, xpcnn.Flatten(), xpcnn.Linear(4 * 6 * 6, 10), backend="numpy",
+                                dtype="float64", seed=2)
+    x, labels = _data(64, shape=(3, 8, 8))
+    processes(2)
+    model = net()
+    got = _step(model, x, labels)
+    assert model._replicas is not None and model.layers[0].__dict__.get("_replicas") is None
+    _assert_same(got, _in_one_process(_step, net(), x, labels))

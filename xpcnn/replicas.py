@@ -81,7 +81,7 @@ def shards(n: int, parts: int) -> list[tuple[int, int]]:
 
 def processes_for(model, batch: int) -> int:
     """How many processes (this one included) run a batch of ``batch`` samples now; 1: this process alone."""
-    if config.get_parallel_mode() != "processes":
+    if config.get_parallel_mode() != "processes" or parallel._shard is not None:  # not inside a shard's forward
         return 1
     n = min(config.get_num_threads() or parallel.blas_threads(), batch // MIN_SHARD)
     return n if n > 1 and why_not(model) is None else 1
