@@ -1,0 +1,38 @@
+"""The interleaving of the benchmarks' timers: blocks of timed calls, each after one untimed call per switch."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from xpcnn import bench
+
+
+def _bench_cpu():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_cpu.py")
+    spec = importlib.util.spec_from_file_location("bench_cpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _recorder():
+    calls = []
+    return calls, {k: (lambda k=k: calls.append(k)) for k in "ab"}
+
+
+def test_bench_cpu_alternates_blocks_after_an_untimed_call():
+    calls, fns = _recorder()
+    times = _bench_cpu().time_interleaved(fns, reps=5, warmup=1, block=2)
+    assert [len(t) for t in times.values()] == [5, 5]
+    # warm-up a b; then per turn: one untimed call and up to 2 timed ones
+    assert "".join(calls) == "ab" + "aaa" + "bbb" + "aaa" + "bbb" + "aa" + "bb"
+    calls.clear()
+    only = _bench_cpu().time_interleaved({"a": fns["a"]}, reps=4, warmup=0, block=3)
+    assert len(only["a"]) == 4 and "".join(calls) == "aaaa"  # one function: nothing untimed
+
+
+def test_xpcnn_bench_alternates_blocks_of_half_the_repeats():
+    calls, fns = _recorder()
+    times = bench.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4)
+    assert [len(t) for t in times] == [4, 4]
+    assert "".join(calls) == "a" + "b" + "aaa" + "bbb" + "aaa" + "bbb"
