@@ -295,6 +295,7 @@ def test_workers_compute_with_this_process_settings(processes):
     config.set_workspace_limit(None)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # Python 3.12+ on fork
 def test_a_forked_copy_of_this_process_starts_its_own_workers(processes):
     processes(2)
     model, x, labels = _lenet_on_workers()
