@@ -147,3 +147,11 @@ def test_threads_run_on_worker_processes_or_threads_as_asked(tmp_path, capsys):
         results[mode] = json.loads(metrics.read_text())
         assert config.get_parallel_mode() == "threads"  # the library default is restored
     assert results["processes"]["train_loss"] == pytest.approx(results["threads"]["train_loss"], rel=1e-4)
+
+
+def test_info_lists_backends_threads_and_worker_processes(capsys):
+    code, out, err = run(capsys, "info")
+    assert code == 0, err
+    assert "backend numpy" in out and "ok" in out.split("backend numpy")[1].splitlines()[0]
+    line = next(line for line in out.splitlines() if line.startswith("worker processes"))
+    assert ("available (shared memory in" in line) == (os.name == "posix")
