@@ -59,12 +59,13 @@ def why_not(model) -> str | None:
         return "worker processes need a POSIX system and a Python executable"
     if model.backend is None or model.backend.name != "numpy":
         return "worker processes run the NumPy backend only"
-    per_sample = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
-                  AdaptiveAvgPool2d)
-    # batch norm sums its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's
-    # mask in every process from the same generator state and keeps its rows (parallel.batch_shard)
+    # layers that treat samples independently, and two that do not but know how to run split: batch norm sums
+    # its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's mask in every
+    # process from the same generator state and keeps its rows (parallel.batch_shard)
+    supported = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
+                 AdaptiveAvgPool2d, _BatchNorm, Dropout)
     for m in model.modules():
-        if not isinstance(m, per_sample + (_BatchNorm, Dropout)):
+        if not isinstance(m, supported):
             return f"{m.label()} is not known to treat the samples of a batch independently"
     return None
 
