@@ -289,8 +289,7 @@ def _cpu_parallel(runner, batch_size: int) -> str | None:
     """How an xpcnn NumPy train step spread over the CPU: "N processes", "N threads" or "1 thread"."""
     if runner.framework != "xpcnn" or runner.backend.name != "numpy":
         return None
-    procs = replicas.processes_for(runner.model, batch_size)
-    n = config.get_num_threads() or parallel.blas_threads()
+    procs, n, _ = replicas.cpu_use(runner.model, batch_size)
     return f"{procs} processes" if procs > 1 else f"{n} thread" + ("s" if n > 1 else "")
 
 

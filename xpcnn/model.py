@@ -131,10 +131,11 @@ class Sequential(Module):
         if self.layers:
             self.layers[-1].check_input(dy)
         split, self._split = getattr(self, "_split", None), None
-        if split is not None:
-            dx = split.backward(self, dy, input_grad, lambda shard: self._backward_layers(shard, input_grad, 1))
-        else:
-            dx = self._backward_layers(dy, input_grad)
+        with self.backend.activate():
+            if split is None:
+                dx = self._backward_layers(dy, input_grad)
+            else:
+                dx = split.backward(self, dy, input_grad, lambda shard: self._backward_layers(shard, input_grad, 1))
         self._ctx_ready = False
         return dx
 
@@ -142,7 +143,7 @@ class Sequential(Module):
         stop = 0
         if not input_grad:
             stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
-        with self.backend.activate(), parallel.step(self.backend.xp, workers):
+        with parallel.step(self.backend.xp, workers):
             for i in reversed([i for i in self.run_order() if i >= stop]):  # a reordered pair never spans stop
                 layer = self.layers[i]
                 if i == stop and not input_grad:

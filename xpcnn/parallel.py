@@ -68,20 +68,13 @@ def step(xp, n: int | None = None) -> Iterator[int]:
         return
     forced = n is not None
     n = n or config.get_num_threads() or blas_threads()
-    libs = _blas_controllers()
-    if (n <= 1 and not forced) or not libs:
-        _active = True
-        try:
-            yield 1
-        finally:
-            _active = False
-        return
+    libs = _blas_controllers() if n > 1 or forced else []  # one worker, not forced: BLAS as it is
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:
         lc.set_num_threads(1)
-    _workers, _active = n, True
+    _workers, _active = (n if libs else 1), True
     try:
-        yield n
+        yield _workers
     finally:
         _workers, _active = 1, False
         for lc, k in zip(libs, saved):
@@ -160,6 +153,19 @@ def batch_sum(v, count: int) -> tuple:
 
 
 _shard: tuple[int, int] | None = None  # (first sample, batch size) of this process's shard, set by xpcnn.replicas
+
+
+@contextmanager
+def split(batch_sum: Callable[[Any, int], tuple] | None = None, shard: tuple[int, int] | None = None):
+    """Inside: :func:`batch_sum` and :func:`batch_shard` answer for a batch split over processes (each argument
+    given replaces the current one; :mod:`xpcnn.replicas` sets them around a shard's forward and backward)."""
+    global _batch_sum, _shard
+    saved = _batch_sum, _shard
+    _batch_sum, _shard = batch_sum or _batch_sum, shard or _shard
+    try:
+        yield
+    finally:
+        _batch_sum, _shard = saved
 
 
 def batch_shard(n: int) -> tuple[int, int]:

@@ -88,6 +88,16 @@ def processes_for(model, batch: int) -> int:
     return n if n > 1 and why_not(model) is None else 1
 
 
+def cpu_use(model, batch: int) -> tuple[int, int, str | None]:
+    """``(processes, threads, why)`` for a NumPy step of ``batch`` samples now: processes > 1 where worker
+    processes run it, else ``threads`` per-op threads; ``why`` says why not processes in "processes" mode."""
+    n = config.get_num_threads() or parallel.blas_threads()
+    procs, why = processes_for(model, batch), None
+    if procs <= 1 and n > 1 and config.get_parallel_mode() == "processes":
+        why = why_not(model) or f"batches of {batch} are too small to split (at least {2 * MIN_SHARD})"
+    return procs, n, why
+
+
 def plan(model, batch: int) -> "Replicas | None":
     """The model's worker processes for a batch of ``batch`` samples, started or restarted as needed; None
     where the batch runs in this process."""
@@ -171,23 +181,18 @@ def _layout(model, workers: int) -> tuple[list, list, int]:
     """Offsets in the state file: every parameter and buffer (read by all workers), then one gradient region
     per worker. Returns ``(values, grads, nbytes)``: ``values`` as ``(offset, shape, dtype)`` per array of
     :func:`_arrays`, module by module; ``grads[k]`` the offsets of worker k's parameter gradients."""
-    offset, values, params = 0, [], []
-    for m in model.modules():
-        for a in _arrays(m):
-            values.append((offset, tuple(a.shape), str(a.dtype)))
+    offset = 0
+
+    def place(arrays) -> list:
+        nonlocal offset
+        out = []
+        for a in arrays:
+            out.append((offset, tuple(a.shape), str(a.dtype)))
             offset += -(-a.nbytes // ALIGN) * ALIGN
-        params += [getattr(m, k).data for k in m._param_names]
-    grads = []
-    for _ in range(workers):
-        grads.append([])
-        for p in params:
-            grads[-1].append((offset, tuple(p.shape), str(p.dtype)))
-            offset += -(-p.nbytes // ALIGN) * ALIGN
-    return values, grads, offset
-
-
-def _pickle_model(model) -> bytes:
-    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        return out
+    values = place(a for m in model.modules() for a in _arrays(m))
+    params = [p.data for p in model.parameters()]
+    return values, [place(params) for _ in range(workers)], offset
 
 
 class _Worker:
@@ -271,7 +276,7 @@ class Replicas:
         self.state = _SharedFile(nbytes)
         self.workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _stop, self.workers, self.state, self.pid)
-        payload = _pickle_model(model)
+        payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             for k in range(workers):
                 self.workers.append(_Worker())
@@ -301,18 +306,15 @@ class Replicas:
             for w, msg in zip(self.workers, msgs):
                 w.send(msg, what)
             try:
-                parallel._batch_sum = self._sum_shards
-                try:
+                with parallel.split(batch_sum=self._sum_shards):
                     mine = local()
-                finally:
-                    parallel._batch_sum = None
             finally:
                 died = self._collect(what)
             if died is not None:
                 raise died
             return mine, [w.result(m, what) for w, m in zip(self.workers, self._final)]
         except BaseException as e:
-            if not isinstance(e, (ValueError, TypeError)) or self.closed:
+            if not isinstance(e, (ValueError, TypeError)):
                 self.close()  # a worker may be gone, or still busy: its next reply would answer the wrong call
             raise
 
@@ -388,15 +390,11 @@ class Replicas:
         a, b = self.parts[0]
 
         def local():
-            parallel._shard = (a, x.shape[0])
-            try:
+            with parallel.split(shard=(a, x.shape[0])):
                 return run_local(x[a:b])
-            finally:
-                parallel._shard = None
         mine, outs = self._call(msgs, local, "forward")
-        for w, m in zip(self.workers, msgs):
-            if m[1] is not None:
-                w.io.unlink()  # the worker mapped it
+        for w in self.workers:
+            w.io.unlink()  # a new file: the worker mapped it (else already unlinked)
         return np.concatenate([mine] + outs, axis=0)
 
     def backward(self, model, dy, input_grad: bool, run_local):
@@ -407,7 +405,7 @@ class Replicas:
         msgs = [("backward", np.ascontiguousarray(dy[a:b]), input_grad) for a, b in self.parts[1:]]
         a, b = self.parts[0]
         mine, shapes = self._call(msgs, lambda: run_local(dy[a:b]), "backward")
-        for k, grads in enumerate(self.grad_views):
+        for grads in self.grad_views:
             for p, g in zip(model.parameters(), grads):
                 p.grad += g
         if not input_grad:
@@ -463,21 +461,13 @@ def serve(read_fd: int, write_fd: int) -> None:
                 _point(slots)
                 config.restore(settings)
                 np.seterr(**errors)
-                parallel._batch_sum, parallel._shard = batch_sum, shard
-                try:
+                with parallel.split(batch_sum, shard):
                     result = np.asarray(model.forward(io.array(0, shape, dtype)))
-                finally:
-                    parallel._batch_sum = parallel._shard = None
             elif op == "backward":
                 _, dy, input_grad = msg
-                for _, _, _, grad in slots:
-                    if grad is not None:
-                        grad[...] = 0
-                parallel._batch_sum = batch_sum
-                try:
+                model.zero_grad()  # the gradient views in the shared state: this shard's alone
+                with parallel.split(batch_sum):
                     dx = model.backward(dy, input_grad=input_grad)
-                finally:
-                    parallel._batch_sum = None
                 result = None
                 if dx is not None:
                     io.array(0, dx.shape, dx.dtype)[...] = dx

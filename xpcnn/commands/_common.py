@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from .. import config, parallel, replicas
+from .. import config, replicas
 from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
@@ -101,15 +101,10 @@ def describe_parallel(model, batch_size: int) -> str:
     """How a NumPy training step uses the CPU, for the command's first line (empty on other backends)."""
     if model.backend.name != "numpy":
         return ""
-    n = config.get_num_threads() or parallel.blas_threads()
-    if n <= 1:
-        return ", 1 thread"
-    if config.get_parallel_mode() == "processes":
-        why = replicas.why_not(model)
-        if why is None and replicas.processes_for(model, batch_size) <= 1:
-            why = f"batches of {batch_size} are too small to split (at least {2 * replicas.MIN_SHARD})"
-        return f", {n} worker processes" if why is None else f", {n} threads (not processes: {why})"
-    return f", {n} threads"
+    procs, n, why = replicas.cpu_use(model, batch_size)
+    if procs > 1:
+        return f", {procs} worker processes"
+    return ", 1 thread" if n <= 1 else f", {n} threads" + (f" (not processes: {why})" if why else "")
 
 
 def fmt(value: Any) -> str:
