@@ -282,10 +282,14 @@ def test_conv2d_layer_gradients_through_model_numerical(rng):
     (1, 3, (5, 5), 2, 1),
     (2, 3, (2, 3), (0, 2), (2, 1)),
 ])
-def test_flat_input_gradient_both_ways_match_loop_reference(c, f, kernel, pad, dil, rng):
+@pytest.mark.parametrize("flat_bytes", [1, 2 ** 15, 2 ** 16, None])
+def test_flat_input_gradient_both_ways_match_loop_reference(c, f, kernel, pad, dil, flat_bytes, rng, monkeypatch):
     """The "flat" input gradient (few channels, stride 1) sums its shifted runs per kernel offset or per kernel
-    row, whichever moves less data: both against the loop reference in float64."""
-    x, wt = rng.standard_normal((3, c, 7, 8)), rng.standard_normal((f, c) + kernel)
+    row, whichever moves less data: both against the loop reference in float64, in sub-chunks of one sample,
+    of a few (the last one partial) and of the whole batch of five."""
+    if flat_bytes is not None:
+        monkeypatch.setattr(conv_module, "FLAT_BYTES", flat_bytes)
+    x, wt = rng.standard_normal((5, c, 7, 8)), rng.standard_normal((f, c) + kernel)
     y, ctx = F.conv2d_forward(x, wt, None, 1, pad, dil)
     assert conv_module.backward_algorithm(ctx) == "flat"
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
