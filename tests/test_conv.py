@@ -299,3 +299,15 @@ def test_flat_input_gradient_both_ways_match_loop_reference(c, f, kernel, pad, d
     dx, dw, _ = F.conv2d_backward(dy, ctx)
     assert_close(dx, dx_ref, 1e-10, "flat dx")
     assert_close(dw, dw_ref, 1e-10, "dweight")
+
+
+@pytest.mark.parametrize("a, b, size", [(0, 128, 58), (64, 128, 58), (0, 5, 2), (0, 1, 3), (3, 10, 1), (0, 7, 7)])
+def test_batch_chunks_cover_the_range_in_even_runs(a, b, size):
+    """Chunks of a batch shard: contiguous, covering ``[a, b)``, none longer than ``size``, as few as that allows,
+    lengths differing by at most one (no short tail chunk)."""
+    runs = list(conv_module._chunks(a, b, size))
+    assert runs[0][0] == a and runs[-1][1] == b
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(runs, runs[1:]))
+    lengths = [e - s for s, e in runs]
+    assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
+    assert len(runs) == math.ceil((b - a) / size)
