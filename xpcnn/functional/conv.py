@@ -244,11 +244,13 @@ def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
     wins where F is small against kh*C. LeNet conv2 (6 -> 16, 5x5 at 14x14) backward, 1 thread: 6.1 ms with
     col2im, 4.9 per offset, 3.7 per row; vgg conv1 (3 -> 32, 3x3) 13.5 per offset, 26.3 per row.
 
-    The chunk runs in sub-chunks whose temporaries fit :data:`FLAT_BYTES` (half a core's L2 here), with buffers
-    reused from one to the next: the GEMM's output is still in cache when the adds read it. Input gradient
-    alone, batch 128, 1 thread, column-layout chunks -> 1 MiB sub-chunks: LeNet conv1 2.99 -> 1.74 ms (6
-    samples), vgg conv1 9.2 -> 8.0 ms (3 samples), LeNet conv2 1.66 -> 1.71 ms (13 samples; flat from 10 to
-    128 samples), measured over 1 to 128 samples (LeNet conv1 2.4 ms at 10)."""
+    On one worker the chunk runs in sub-chunks whose temporaries fit :data:`FLAT_BYTES` (half a core's L2
+    here), with buffers reused from one to the next: the GEMM's output is still in cache when the adds read it.
+    Input gradient alone, batch 128, 1 thread, column-layout chunks -> 1 MiB sub-chunks: LeNet conv1 2.99 ->
+    1.74 ms (6 samples), vgg conv1 9.2 -> 8.0 ms (3 samples), LeNet conv2 1.66 -> 1.71 ms (13 samples; flat
+    from 10 to 128 samples), measured over 1 to 128 samples (LeNet conv1 2.4 ms at 10). With worker threads
+    the many short calls of small sub-chunks contend for the GIL (vgg conv1 at 2 threads: 5.8-6.0 ms in whole
+    chunks, 6.9-7.3 in 1 MiB sub-chunks, 9.0 in 512 KiB ones): there each chunk runs whole."""
     m, f = dym.shape[0] // (oh * ow), dym.shape[1]
     c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
@@ -257,7 +259,7 @@ def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
     dev, dt = device(dym), dym.dtype
     by_row = kw * f < 3 * kh * (kw - 1) * c  # per kernel row: F small, a cheap transposed copy of dY
     per_sample = ((kw + 1) * f + kh * c if by_row else f + kh * kw * c) * oh * wp + c * hp * wp
-    sub = max(1, min(m, FLAT_BYTES // (per_sample * itemsize(xp, dt))))
+    sub = m if parallel.workers() > 1 else max(1, min(m, FLAT_BYTES // (per_sample * itemsize(xp, dt))))
     if by_row:
         lead = dilation[1] * (kw - 1)  # zeros in front: the shifted copies read up to `lead` back
         dyt = xp.zeros((f, lead + sub * oh * wp), dtype=dt, device=dev)  # rows padded to Wp; padding never written
