@@ -700,10 +700,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                 dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
                 part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
             dwk = part if dwk is None else dwk + part
-            if not need_dcol:
-                continue
-            if flat:
-                _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh, ow)
+            if not need_dcol or flat:
                 continue
             if g == 1:
                 dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
@@ -714,6 +711,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                 _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
             else:
                 _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
+        if need_dcol and flat:  # the whole shard at once: its own sub-chunks, buffers allocated once
+            _col2im_flat(xp, weight, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow)
         return dwk
 
     partials = parallel.run(shard, [(0, n)] if cached is not None else parallel.ranges(n))
