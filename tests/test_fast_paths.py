@@ -144,3 +144,46 @@ def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
     dx, dw, _ = conv2d_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)
+
+
+def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
+    """On a CPU a batch runs in cache-sized chunks (CHUNK_TARGET), the flat input gradient in sub-chunks and long
+    weight-gradient reductions in blocks; on a GPU only the workspace limit bounds a chunk (each piece would be
+    more kernel launches). Same gradients either way."""
+    from xpcnn.functional import conv as C
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((64, 3, 32, 32)), rng.standard_normal((32, 3, 3, 3))  # few channels: flat dx
+    dy = rng.standard_normal((64, 32, 32, 32))
+    results = {}
+    for gpu in (False, True):
+        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        y, ctx = conv2d_forward(x, w, None, 1, 1)
+        assert C.backward_algorithm(ctx) == "flat"
+        results[gpu] = (ctx.nb, y) + tuple(conv2d_backward(dy, ctx))
+    cpu_nb, gpu_nb = results[False][0], results[True][0]
+    # a sample's columns: 32*32*27*8 bytes = 216 KiB; 2 MiB on a CPU: 9 samples; 16 MiB workspace: all 64
+    assert (cpu_nb, gpu_nb) == (9, 64)
+    for a, b in zip(results[False][1:4], results[True][1:4]):  # y, dx, dw (no bias)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    class Counted(np.ndarray):
+        products = 0
+
+        def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+            Counted.products += ufunc is np.matmul
+            return super().__array_ufunc__(ufunc, method, *(np.asarray(i) for i in inputs), **kwargs)
+    a, b = np.ones((3, 5000)).view(Counted), np.ones((5000, 2))
+    for gpu, products in ((False, 5), (True, 1)):  # blocks of DW_BLOCK = 1024 rows on a CPU
+        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        Counted.products = 0
+        assert np.array_equal(np.asarray(C._long_matmul(np, a, b)), np.full((3, 2), 5000.0))
+        assert Counted.products == products
+    monkeypatch.setattr(C, "FLAT_BYTES", 1)  # the flat input gradient: a sub-chunk per sample on a CPU
+    real_chunks, sizes = C._chunks, []
+    monkeypatch.setattr(C, "_chunks", lambda a, b, size: sizes.append(size) or real_chunks(a, b, size))
+    for gpu in (False, True):
+        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        sizes.clear()
+        dx = C.conv2d_backward(dy, conv2d_forward(x, w, None, 1, 1)[1])[0]
+        np.testing.assert_allclose(dx, results[gpu][2], rtol=1e-12, atol=1e-12)
+        assert sizes[-1] == (64 if gpu else 1)  # the flat sub-chunks, after the weight-gradient chunks

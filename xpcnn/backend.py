@@ -331,6 +331,13 @@ def available_backends() -> dict[str, str]:
     return out
 
 
+def on_gpu(a: Any) -> bool:
+    """Whether ``a`` lives on a GPU (CuPy, or torch on CUDA)."""
+    from array_api_compat import is_cupy_array, is_torch_array
+
+    return is_cupy_array(a) or (is_torch_array(a) and a.device.type == "cuda")
+
+
 def device_context(a: Any):
     """``with device_context(a):`` makes the CUDA device of CuPy array ``a`` current; a no-op otherwise."""
     from array_api_compat import is_cupy_array

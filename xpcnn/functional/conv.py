@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels, parallel
+from ..backend import on_gpu
 from ._util import add_rows_bias, conv_padding, empty_nchw, itemsize, out_size, pair, rows_sum, window, window_key
 
 
@@ -93,10 +94,19 @@ CHANNELS_LAST_MIN = 16  # C/groups from which backward's column gradient is chan
 CHUNK_TARGET = {"im2col_nhwc": 2 ** 20, "im2col": 2 * 2 ** 20, "im2col_blocked": 2 * 2 ** 20}
 
 
-def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im2col", shards: int = 1) -> int:
+def cache_sized(a) -> bool:
+    """Whether work on ``a`` runs in cache-sized pieces (batch chunks of :data:`CHUNK_TARGET`, sub-chunks of
+    :data:`FLAT_BYTES`, reduction blocks of :data:`DW_BLOCK`): on a CPU, where they keep data in cache between
+    passes; not on a GPU, where each piece would be one more round of kernel launches and a smaller GEMM
+    (there the workspace limit alone bounds a chunk)."""
+    return not on_gpu(a)
+
+
+def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im2col", shards: int = 1,
+                 cache: bool = True) -> int:
     """Samples per chunk so that the column buffers of ``shards`` workers fit the workspace limit together (at
-    least 1 sample), and :data:`CHUNK_TARGET` of ``layout`` unless columns are cached (which needs the whole
-    batch in one chunk).
+    least 1 sample), and, with ``cache`` (:func:`cache_sized`), :data:`CHUNK_TARGET` of ``layout`` unless columns
+    are cached (which needs the whole batch in one chunk).
 
     Chunks of ~2 MiB stay in cache between im2col, the GEMMs and col2im: against 16 MiB chunks, step time
     0.9x (lenet, vgg-small, 1 and 2 threads, interleaved) and step peak memory vgg-small 174 -> 133 MiB,
@@ -106,7 +116,7 @@ def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im
     larger chunks there cost memory (LeNet step peak 10.2 MiB at 2 MiB, 16.0 at 4 MiB, torch 9.1).
     """
     limit = config.get_workspace_limit() // max(1, shards)
-    if not config.get_cache_columns():
+    if cache and not config.get_cache_columns():
         limit = min(limit, CHUNK_TARGET[layout])
     return max(1, min(n, limit // max(1, sample_values * value_bytes)))
 
@@ -259,7 +269,8 @@ def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
     dev, dt = device(dym), dym.dtype
     by_row = kw * f < 3 * kh * (kw - 1) * c  # per kernel row: F small, a cheap transposed copy of dY
     per_sample = ((kw + 1) * f + kh * c if by_row else f + kh * kw * c) * oh * wp + c * hp * wp
-    sub = m if parallel.workers() > 1 else max(1, min(m, FLAT_BYTES // (per_sample * itemsize(xp, dt))))
+    whole = parallel.workers() > 1 or not cache_sized(dym)
+    sub = m if whole else max(1, min(m, FLAT_BYTES // (per_sample * itemsize(xp, dt))))
     if by_row:
         lead = dilation[1] * (kw - 1)  # zeros in front: the shifted copies read up to `lead` back
         dyt = xp.zeros((f, lead + sub * oh * wp), dtype=dt, device=dev)  # rows padded to Wp; padding never written
@@ -471,7 +482,7 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
     parts = parallel.ranges(n)
     values = _column_values(layout, c, (kh, kw), oh, ow, stride, dilation, block)
-    nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts))
+    nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
         cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)(0, n)
         return _gemm(xp, cm, wk, layout, groups, f), wk, layout, block, nb, (cm if config.get_cache_columns() else None)
@@ -637,7 +648,7 @@ def _long_matmul(xp, a, b):
     small-output, long-reduction products faster in pieces (1 thread: K=25, P=20384, F=6 0.21 -> 0.12 ms;
     K=27, P=18432, F=32 0.40 -> 0.30 ms; no change for the larger K of vgg-small's other layers)."""
     p = a.shape[1]
-    if p <= DW_BLOCK:
+    if p <= DW_BLOCK or not cache_sized(a):
         return a @ b
     out = a[:, 0:DW_BLOCK] @ b[0:DW_BLOCK, :]
     for j in range(DW_BLOCK, p, DW_BLOCK):

@@ -7,7 +7,7 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_array
 
 from .. import functional as F
-from ..backend import asarray_like, device_context
+from ..backend import asarray_like, device_context, on_gpu
 
 
 def _to_device_of(a: Any, ref):
@@ -70,7 +70,7 @@ class CrossEntropyLoss:
                              f"got {tuple(labels.shape)}")
         check = self.check_range
         if check is None:
-            check = host or not _on_gpu(logits)
+            check = host or not on_gpu(logits)
         if check and n:
             lo, hi = int(xp.min(labels)), int(xp.max(labels))
             if lo < 0 or hi >= c:
@@ -115,8 +115,3 @@ class MSELoss:
             raise RuntimeError("MSELoss.backward() called before the loss was computed")
         with device_context(self._ctx):
             return F.mse_backward(self._ctx, dloss)
-
-
-def _on_gpu(a) -> bool:
-    from array_api_compat import is_cupy_array, is_torch_array
-    return is_cupy_array(a) or (is_torch_array(a) and a.device.type == "cuda")
