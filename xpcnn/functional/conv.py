@@ -684,8 +684,12 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     flat = dx_algorithm == "flat"
-    fill = xp.empty if flat else xp.zeros  # flat shifts write every sample's gradient; col2im adds into it
-    dx = fill((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev) if need_dcol else None
+    if need_dcol and flat:  # flat shifts write every sample's gradient, straight into the library's layout
+        dx = empty_nchw(xp, (n, c, h, w), dy.dtype, dev)
+    elif need_dcol:  # col2im adds into it
+        dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev)
+    else:
+        dx = None
     blocked = algorithm == "im2col_blocked"
     if blocked and need_dcol and not flat:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
@@ -738,8 +742,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
     if by_convolution:
         return (_transposed_dx if dx_algorithm == "transposed" else _polyphase_dx)(xp, dy, ctx), dw, db
-    if dx is None:
-        return None, dw, db
+    if dx is None or flat:
+        return dx, dw, db
     if clast:
         return xp.permute_dims(dx, (0, 3, 1, 2)), dw, db
     out = empty_nchw(xp, dx.shape, dx.dtype, dev)  # the library's one layout: channels-last memory
