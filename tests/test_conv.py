@@ -311,3 +311,24 @@ def test_batch_chunks_cover_the_range_in_even_runs(a, b, size):
     lengths = [e - s for s, e in runs]
     assert max(lengths) <= size and max(lengths) - min(lengths) <= 1
     assert len(runs) == math.ceil((b - a) / size)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_conv_uses_the_input_rows_as_columns(channels_last, rng):
+    """A 1x1 convolution at stride 1 without padding (>= 16 channels: channels-innermost columns) takes the rows of
+    the channels-last input as its columns, without a copy; forward and backward match the loop reference (a
+    user's NCHW array works too: the rows are then a copy)."""
+    x, wt, b = rng.standard_normal((3, 16, 5, 4)), rng.standard_normal((8, 16, 1, 1)), rng.standard_normal(8)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y, ctx = F.conv2d_forward(x, wt, b)
+    assert ctx.algorithm == "im2col_nhwc"
+    columns = conv_module._columns(np, x, wt.shape, ctx.algorithm, ctx.pads, ctx.stride, ctx.dilation, 1, 5, 4,
+                                   ctx.nb)(0, 3)
+    assert columns.shape == (3 * 5 * 4, 16) and np.shares_memory(columns, x) == channels_last
+    dy = rng.standard_normal(y.shape)
+    zero = (0, 0, 0, 0)
+    assert_close(y, ref.conv2d_forward(x, wt, b, (1, 1), zero, (1, 1), 1), 1e-12, "y")
+    for got, want, name in zip(F.conv2d_backward(dy, ctx), ref.conv2d_backward(dy, x, wt, (1, 1), zero, (1, 1), 1),
+                               ("dx", "dweight", "dbias")):
+        assert_close(got, want, 1e-10, name)
