@@ -244,8 +244,8 @@ FLAT_BYTES = 2 ** 20  # temporaries of the flat input gradient per sub-chunk (me
 
 
 def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
-    """Input gradient of samples ``n0:n0+m`` of a stride-1, ungrouped convolution with few channels (NCHW
-    ``dx``), by flat shifts. With ``dY`` padded to the padded input's width Wp and flattened, the contribution of
+    """Input gradient of samples ``n0:n0+m`` of a stride-1, ungrouped convolution with few channels, written into
+    ``dx (N, C, H, W)`` (a view of channels-last memory), by flat shifts. With ``dY`` padded to the padded input's width Wp and flattened, the contribution of
     kernel offset ``(i, j)`` lands on the flattened padded plane shifted by ``i*d*Wp + j*d``, as one contiguous
     run per sample and channel (the padding columns of ``dY`` are zero, and wrap onto the plane's padding).
 
