@@ -501,6 +501,8 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     layout, block = _column_layout(c, f, ow, groups)
     blocked = layout == "im2col_blocked"
     wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
+    if n == 0:  # an empty batch (as PyTorch allows): an empty result
+        return xp.empty((0, f), dtype=x.dtype, device=device(x)), wk, layout, block, 1, None
     values = _column_values(layout, c, (kh, kw), oh, ow, stride, dilation, block, pads)
     parts = _shards(n, values or c * h * w, itemsize(xp, x.dtype))
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
@@ -697,6 +699,10 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     f, cg, kh, kw = weight.shape
     g, fg, k = groups, f // groups, cg * kh * kw
     dev = device(dy)
+    if n == 0:  # an empty batch: no gradient to sum
+        dw = xp.zeros(weight.shape, dtype=dy.dtype, device=dev)
+        db = xp.zeros((f,), dtype=dy.dtype, device=dev) if has_bias else None
+        return (empty_nchw(xp, (0, c, h, w), dy.dtype, dev) if need_dx else None), dw, db
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
     db = rows_sum(xp, dyh, ow) if has_bias else None
     dx_algorithm = backward_algorithm(ctx) if need_dx else None

@@ -1,6 +1,8 @@
 """Fully connected layer ``y = x @ W.T + b`` and flattening."""
 from __future__ import annotations
 
+import math
+
 from array_api_compat import array_namespace
 
 
@@ -42,4 +44,4 @@ def linear(x, weight, bias=None):
 def flatten(x, start_dim: int = 1):
     """Collapse all axes from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
     xp = array_namespace(x)
-    return xp.reshape(x, tuple(x.shape[:start_dim]) + (-1,))
+    return xp.reshape(x, tuple(x.shape[:start_dim]) + (math.prod(x.shape[start_dim:]),))  # -1: ambiguous at N = 0

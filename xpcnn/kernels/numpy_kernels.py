@@ -198,11 +198,12 @@ def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     6.4 -> 4.4 ms)."""
     n, c = x.shape[0], x.shape[1]
     y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
+    sample_bytes = y.nbytes // max(1, n)  # per sample (none in an empty batch)
 
     def shard(a, b):  # blocks of ~256 KiB of output: the passes run on output-sized arrays
-        rows = min(b - a, _block_rows(y[0].nbytes))
+        rows = min(b - a, _block_rows(sample_bytes))
         better, nan, k_or_0 = (_empty_nchw((rows, c, oh, ow), t) for t in (bool, bool, idx_dtype))
-        for r0, r1 in _blocks(a, b, y[0].nbytes):
+        for r0, r1 in _blocks(a, b, sample_bytes):
             m = r1 - r0
             block = (x[r0:r1], y[r0:r1], idx[r0:r1], better[:m], nan[:m], k_or_0[:m])
             _max_pool_block(*block, kernel, stride, oh, ow, nan_aware=False)
@@ -243,7 +244,7 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, s
     dx = _empty_nchw(padded_shape, dy.dtype)
     if not disjoint or (oh * stride[0], ow * stride[1]) != (h, w) or tuple(stride) != tuple(kernel):
         dx[...] = 0  # sums of overlapping windows, or positions no window covers
-    sample_bytes = dy[0].nbytes
+    sample_bytes = dy.nbytes // max(1, n)  # per sample (none in an empty batch)
 
     def shard(a, b):
         rows = min(b - a, _block_rows(sample_bytes))

@@ -1,0 +1,66 @@
+"""An empty batch (N = 0) runs through every layer, forward and backward, as in PyTorch: empty outputs and input
+gradients of the right shapes, parameter gradients of zero; batch norm in training refuses it, as PyTorch does."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpcnn
+
+LAYERS = [
+    (lambda: xpcnn.Conv2d(3, 4, 3, padding=1), (3, 8, 8), (4, 8, 8)),
+    (lambda: xpcnn.Conv2d(3, 4, 3, stride=2), (3, 9, 9), (4, 4, 4)),
+    (lambda: xpcnn.Conv2d(16, 16, 3, padding=1), (16, 6, 6), (16, 6, 6)),  # channels-innermost columns
+    (lambda: xpcnn.Conv2d(16, 8, 1), (16, 5, 5), (8, 5, 5)),              # input rows as columns
+    (lambda: xpcnn.Conv2d(1, 6, 5, padding=2), (1, 12, 12), (6, 12, 12)),  # width-blocked columns
+    (lambda: xpcnn.Conv2d(4, 4, 3, groups=2), (4, 6, 6), (4, 4, 4)),
+    (lambda: xpcnn.MaxPool2d(2), (3, 8, 8), (3, 4, 4)),
+    (lambda: xpcnn.MaxPool2d(3, stride=2, padding=1), (3, 8, 8), (3, 4, 4)),
+    (lambda: xpcnn.AvgPool2d(2), (3, 8, 8), (3, 4, 4)),
+    (lambda: xpcnn.AdaptiveAvgPool2d(1), (3, 8, 8), (3, 1, 1)),
+    (lambda: xpcnn.Flatten(), (3, 2, 2), (12,)),
+    (lambda: xpcnn.Linear(12, 5), (12,), (5,)),
+    (lambda: xpcnn.ReLU(), (3, 4, 4), (3, 4, 4)),
+    (lambda: xpcnn.LeakyReLU(0.1), (3, 4, 4), (3, 4, 4)),
+    (lambda: xpcnn.Sigmoid(), (6,), (6,)),
+    (lambda: xpcnn.Tanh(), (6,), (6,)),
+    (lambda: xpcnn.Dropout(0.5), (6,), (6,)),
+]
+
+
+@pytest.mark.parametrize("make, in_shape, out_shape", LAYERS, ids=lambda v: repr(v()) if callable(v) else None)
+def test_layers_run_an_empty_batch(make, in_shape, out_shape, env):
+    model = env.model(make(), seed=1)
+    model.train()
+    y = model.forward(np.zeros((0,) + in_shape))
+    assert tuple(y.shape) == (0,) + out_shape
+    dx = model.backward(env.put(np.zeros((0,) + out_shape)))
+    assert tuple(dx.shape) == (0,) + in_shape
+    for p in model.parameters():
+        assert tuple(p.grad.shape) == tuple(p.data.shape) and np.all(env.get(p.grad) == 0)
+    model.eval()
+    assert tuple(model.forward(np.zeros((0,) + in_shape)).shape) == (0,) + out_shape
+
+
+def test_batch_norm_takes_an_empty_batch_in_eval_only(env):
+    model = env.model(xpcnn.BatchNorm2d(3))
+    model.eval()
+    assert tuple(model.forward(np.zeros((0, 3, 4, 4))).shape) == (0, 3, 4, 4)
+    model.train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.forward(np.zeros((0, 3, 4, 4)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_models_run_an_empty_batch(threads):
+    """LeNet end to end, on one and two worker threads."""
+    from xpcnn import config
+    from xpcnn.models import build_model
+    config.set_num_threads(threads)
+    try:
+        model = build_model("lenet", 1, 10, 28, backend="numpy", dtype="float32", seed=0)
+        y = model.forward(np.zeros((0, 1, 28, 28), np.float32))
+        assert y.shape == (0, 10)
+        assert model.backward(np.zeros((0, 10), np.float32)).shape == (0, 1, 28, 28)
+    finally:
+        config.set_num_threads(None)
