@@ -64,3 +64,17 @@ def test_models_run_an_empty_batch(threads):
         assert model.backward(np.zeros((0, 10), np.float32)).shape == (0, 1, 28, 28)
     finally:
         config.set_num_threads(None)
+
+
+def test_losses_of_an_empty_batch_are_nan_with_an_empty_gradient(env):
+    """As PyTorch: the mean over no samples is NaN, and its gradient is empty (not a division by zero)."""
+    ce = xpcnn.CrossEntropyLoss()
+    with np.errstate(invalid="ignore"):
+        loss = ce(env.put(np.zeros((0, 10))), np.zeros((0,), np.int64))
+    assert np.isnan(env.get(loss))
+    assert tuple(ce.backward().shape) == (0, 10)
+    mse = xpcnn.MSELoss()
+    with np.errstate(invalid="ignore"):
+        loss = mse(env.put(np.zeros((0, 3))), env.put(np.zeros((0, 3))))
+    assert np.isnan(env.get(loss))
+    assert tuple(mse.backward().shape) == (0, 3)
