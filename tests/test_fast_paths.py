@@ -77,6 +77,26 @@ def test_workspace_limit_bounds_the_column_buffer(settings):
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
 
 
+def test_workspace_limit_defaults_per_device_and_one_setting_for_all(settings, monkeypatch):
+    """16 MiB on a CPU, 512 MiB on a GPU (where each chunk is a round of kernel launches); a limit that is set
+    holds on every device, and None restores the defaults. vgg-small's 32 -> 32 conv at batch 128 (1.2 MB of
+    float32 columns a sample): 14 samples a chunk under 16 MiB, the whole batch on a GPU."""
+    from xpcnn.functional import conv as C
+    assert (config.get_workspace_limit(), config.get_workspace_limit(gpu=True)) == (16 * 2 ** 20, 512 * 2 ** 20)
+    sample = 32 * 32 * 9 * 32  # column values of one sample
+    config.set_cache_columns(True)  # no CPU cache-sized target: the workspace limit alone
+    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=True) == 14
+    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 128
+    config.set_workspace_limit(2 ** 22)
+    assert config.get_workspace_limit() == config.get_workspace_limit(gpu=True) == 2 ** 22
+    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 3
+    config.set_workspace_limit(None)
+    assert config.get_workspace_limit(gpu=True) == 512 * 2 ** 20
+    monkeypatch.setattr(C, "on_gpu", lambda a: True)  # a simulated GPU array takes the GPU default
+    x = np.zeros((40, 32, 32, 32), dtype=np.float32)
+    assert conv2d_forward(x, np.zeros((32, 32, 3, 3), dtype=np.float32), None, 1, 1)[1].nb == 40
+
+
 def test_workspace_limit_validation():
     with pytest.raises(ValueError):
         config.set_workspace_limit(0)

@@ -9,25 +9,30 @@ chunk) instead of recomputing it: faster backward, much more memory.
 """
 from __future__ import annotations
 
-DEFAULT_WORKSPACE_LIMIT = 16 * 2 ** 20  # bytes (vgg-small step: peak 257 -> 174 MiB vs 64 MiB, no slower)
+DEFAULT_WORKSPACE_LIMIT = 16 * 2 ** 20  # bytes, CPU (vgg-small step: peak 257 -> 174 MiB vs 64 MiB, no slower)
+# GPU: every chunk is one more round of kernel launches (vgg-small's 32 -> 32 conv at batch 128: 10 chunks of
+# 14 samples at 16 MiB, one at 512 MiB); a conservative share of a small GPU's memory. Not measured yet: no
+# GPU has been lent to the project.
+DEFAULT_GPU_WORKSPACE_LIMIT = 512 * 2 ** 20
 
-_workspace_limit = DEFAULT_WORKSPACE_LIMIT
+_workspace_limit: int | None = None  # None: the device's default
 _cache_columns = False
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
-    """Largest im2col buffer in bytes, for all worker threads together (``None`` restores the 16 MiB default).
-    At least one sample per chunk."""
+    """Largest im2col buffer in bytes, for all worker threads together, on every device (``None`` restores the
+    defaults: 16 MiB on a CPU, 512 MiB on a GPU). At least one sample per chunk."""
     global _workspace_limit
-    if nbytes is None:
-        nbytes = DEFAULT_WORKSPACE_LIMIT
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1):
         raise ValueError(f"workspace limit must be a positive int (bytes), got {nbytes!r}")
     _workspace_limit = nbytes
 
 
-def get_workspace_limit() -> int:
-    return _workspace_limit
+def get_workspace_limit(gpu: bool = False) -> int:
+    """The limit in force: the one set, else the default for a GPU (``gpu``) or a CPU."""
+    if _workspace_limit is not None:
+        return _workspace_limit
+    return DEFAULT_GPU_WORKSPACE_LIMIT if gpu else DEFAULT_WORKSPACE_LIMIT
 
 
 def set_cache_columns(flag: bool) -> None:

@@ -105,8 +105,9 @@ def cache_sized(a) -> bool:
 def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im2col", shards: int = 1,
                  cache: bool = True) -> int:
     """Samples per chunk so that the column buffers of ``shards`` workers fit the workspace limit together (at
-    least 1 sample), and, with ``cache`` (:func:`cache_sized`), :data:`CHUNK_TARGET` of ``layout`` unless columns
-    are cached (which needs the whole batch in one chunk).
+    least 1 sample), and, with ``cache`` (:func:`cache_sized`: a CPU), :data:`CHUNK_TARGET` of ``layout`` unless
+    columns are cached (which needs the whole batch in one chunk). Without ``cache`` (a GPU), the GPU's
+    workspace limit (:func:`xpcnn.config.get_workspace_limit`).
 
     Chunks of ~2 MiB stay in cache between im2col, the GEMMs and col2im: against 16 MiB chunks, step time
     0.9x (lenet, vgg-small, 1 and 2 threads, interleaved) and step peak memory vgg-small 174 -> 133 MiB,
@@ -115,7 +116,7 @@ def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im
     ow-innermost ones (few channels, short copies) slower (LeNet 18.1 vs 16.8 ms, 20.8 vs 16.5 ms), and
     larger chunks there cost memory (LeNet step peak 10.2 MiB at 2 MiB, 16.0 at 4 MiB, torch 9.1).
     """
-    limit = config.get_workspace_limit() // max(1, shards)
+    limit = config.get_workspace_limit(gpu=not cache) // max(1, shards)
     if cache and not config.get_cache_columns():
         limit = min(limit, CHUNK_TARGET[layout])
     return max(1, min(n, limit // max(1, sample_values * value_bytes)))
