@@ -245,23 +245,24 @@ FLAT_BYTES = 2 ** 20  # temporaries of the flat input gradient per sub-chunk (me
 
 
 def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
-    """Input gradient of samples ``n0:n0+m`` of a stride-1, ungrouped convolution with few channels, written into
-    ``dx (N, C, H, W)`` (a view of channels-last memory), by flat shifts. With ``dY`` padded to the padded input's width Wp and flattened, the contribution of
-    kernel offset ``(i, j)`` lands on the flattened padded plane shifted by ``i*d*Wp + j*d``, as one contiguous
-    run per sample and channel (the padding columns of ``dY`` are zero, and wrap onto the plane's padding).
+    """Input gradient of samples ``n0:n0+m`` (a batch shard) of a stride-1, ungrouped convolution with few
+    channels, written into ``dx (N, C, H, W)`` (a view of channels-last memory), by flat shifts. With ``dY``
+    padded to the padded input's width Wp and flattened, the contribution of kernel offset ``(i, j)`` lands on
+    the flattened padded plane shifted by ``i*d*Wp + j*d``, as one contiguous run per sample and channel (the
+    padding columns of ``dY`` are zero, and wrap onto the plane's padding).
 
     Two ways to sum them, chosen by the data each moves: per offset (one GEMM ``W.T @ dY``, kh*kw shifted adds of
     C rows each), or per kernel row (one GEMM over kw shifted copies of ``dY``, K = kw*F, then kh adds), which
     wins where F is small against kh*C. LeNet conv2 (6 -> 16, 5x5 at 14x14) backward, 1 thread: 6.1 ms with
     col2im, 4.9 per offset, 3.7 per row; vgg conv1 (3 -> 32, 3x3) 13.5 per offset, 26.3 per row.
 
-    On one worker the chunk runs in sub-chunks whose temporaries fit :data:`FLAT_BYTES` (half a core's L2
+    On one worker the shard runs in sub-chunks whose temporaries fit :data:`FLAT_BYTES` (half a core's L2
     here), with buffers reused from one to the next: the GEMM's output is still in cache when the adds read it.
     Input gradient alone, batch 128, 1 thread, column-layout chunks -> 1 MiB sub-chunks: LeNet conv1 2.99 ->
     1.74 ms (6 samples), vgg conv1 9.2 -> 8.0 ms (3 samples), LeNet conv2 1.66 -> 1.71 ms (13 samples; flat
     from 10 to 128 samples), measured over 1 to 128 samples (LeNet conv1 2.4 ms at 10). With worker threads
     the many short calls of small sub-chunks contend for the GIL (vgg conv1 at 2 threads: 5.8-6.0 ms in whole
-    chunks, 6.9-7.3 in 1 MiB sub-chunks, 9.0 in 512 KiB ones): there each chunk runs whole."""
+    chunks, 6.9-7.3 in 1 MiB sub-chunks, 9.0 in 512 KiB ones): there each shard runs whole."""
     m, f = dym.shape[0] // (oh * ow), dym.shape[1]
     c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
