@@ -288,11 +288,11 @@ def test_workspace_limit_holds_for_all_workers_together(workers):
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
 
 
-def test_conv_forward_splits_the_batch_only_where_each_shard_has_work(workers, monkeypatch):
-    """A convolution's forward runs on the worker threads only where each shard gets MIN_SHARD_BYTES of columns
-    (or of input, for a 1x1 convolution's input rows): smaller batches lost more to the handoff and the GIL than
-    they gained (LeNet forward, batch 32, 2 threads: 1.61 ms split, 1.24 not, 1.24 on one thread). The backward
-    (twice the GEMMs) splits any batch: unsplit, LeNet's conv1 backward at batch 32 was slower."""
+def test_conv_splits_the_batch_only_where_each_shard_has_work(workers, monkeypatch):
+    """A convolution runs on the worker threads, forward and backward, only where each shard gets
+    MIN_SHARD_BYTES of columns (or of input, for a 1x1 convolution's input rows): smaller batches lost more to
+    the handoff and the GIL than they gained (LeNet step at 2 threads, batch 16: 2.8-3.0 ms split, 2.25
+    not)."""
     _needs_threadpoolctl()
     from xpcnn.functional import conv as C
     workers(2)
@@ -302,14 +302,14 @@ def test_conv_forward_splits_the_batch_only_where_each_shard_has_work(workers, m
     monkeypatch.setattr(parallel, "run", lambda fn, parts: shard_lists.append(len(parts)) or real_run(fn, parts))
     rng = np.random.default_rng(0)
     # float64, 1 -> 6 channels, 5x5 at 28x28: a sample's columns are 28 * 7 * 5 * 8 * 8 bytes = 62.7 KiB
-    for n, forward_parts in ((16, []), (40, [2])):
+    for n, forward, backward in ((16, [], [1]), (40, [2], [2])):
         x, w = rng.standard_normal((n, 1, 28, 28)), rng.standard_normal((6, 1, 5, 5))
         shard_lists.clear()
         y, ctx = conv2d_forward(x, w, None, 1, 2)
         assert ctx.algorithm == "im2col_blocked" and ctx.block == 4
-        assert shard_lists == forward_parts  # one shard and one chunk: no call at all
+        assert shard_lists == forward  # one shard and one chunk: no call at all
         C.conv2d_backward(rng.standard_normal(y.shape), ctx)
-        assert shard_lists[len(forward_parts):] == [2]
+        assert shard_lists[len(forward):] == backward
     x, w = rng.standard_normal((4, 16, 100, 100)), rng.standard_normal((8, 16, 1, 1))  # input rows: 1.2 MiB a sample
     shard_lists.clear()
     conv2d_forward(x, w)

@@ -484,11 +484,11 @@ class ConvContext(NamedTuple):
 
 
 def _shards(n: int, sample_values: int, value_bytes: int) -> list:
-    """The forward's batch shards for the worker threads: one per worker where each gets at least
-    :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample), else the whole batch here.
-    LeNet forward at 2 threads, batch 16 / 32: 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread: 0.76 / 1.24);
-    training step at batch 32 3.8 ms instead of 4.1. The backward, twice the GEMMs, still splits any batch
-    (unsplit, LeNet conv1's backward at batch 32 was slower)."""
+    """A convolution's batch shards for the worker threads (forward and backward): one per worker where each
+    gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample), else the whole
+    batch here. LeNet at 2 threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread:
+    0.76 / 1.24); backward (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not;
+    training steps 2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
     return parallel.ranges(n, sample_values * value_bytes)
 
 
@@ -759,7 +759,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
             _col2im_flat(xp, weight, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow)
         return dwk
 
-    partials = parallel.run(shard, [(0, n)] if cached is not None else parallel.ranges(n))
+    values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads) or c * h * w
+    partials = parallel.run(shard, [(0, n)] if cached is not None else _shards(n, values, itemsize(xp, x.dtype)))
     dwk = partials[0]
     for part in partials[1:]:
         dwk = dwk + part
