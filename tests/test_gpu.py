@@ -180,6 +180,27 @@ def test_dropout_and_batchnorm_train_on_the_gpu():
     assert int(model.state_dict()["1.num_batches_tracked"]) == 5
 
 
+@needs_cupy
+def test_conv_chunks_are_bounded_by_the_gpu_workspace_only():
+    """On a GPU a convolution's batch is not cut into CPU cache-sized chunks: vgg-small's 32 -> 32 conv (1.2 MB
+    of float32 columns a sample) runs a batch of 64 in one chunk (on a CPU: one sample a chunk); the results
+    match NumPy's."""
+    import cupy as cp
+    from xpcnn.functional import conv2d_backward, conv2d_forward
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    y_gpu, ctx = conv2d_forward(cp.asarray(x), cp.asarray(w), None, 1, 1)
+    assert ctx.nb == 64
+    y_cpu, ctx_cpu = conv2d_forward(x, w, None, 1, 1)
+    assert ctx_cpu.nb == 1
+    assert _rel(y_gpu, y_cpu) < 1e-5
+    dy = rng.standard_normal(y_cpu.shape).astype(np.float32)
+    for g, c in zip(conv2d_backward(cp.asarray(dy), ctx), conv2d_backward(dy, ctx_cpu)):
+        if c is not None:
+            assert _rel(g, c) < 1e-5
+
+
 @pytest.mark.skipif(gpu_count() < 2, reason="needs two CUDA devices (cupy:1)")
 @needs_cupy
 def test_second_gpu_is_respected():
