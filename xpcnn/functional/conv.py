@@ -483,13 +483,14 @@ class ConvContext(NamedTuple):
     block: int = 1          # outputs per row of "im2col_blocked" columns
 
 
-def _shards(n: int, sample_values: int, value_bytes: int) -> list:
-    """A convolution's batch shards for the worker threads (forward and backward): one per worker where each
-    gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample), else the whole
-    batch here. LeNet at 2 threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread:
+def _shards(xp, x, sample_values: int) -> list:
+    """A convolution's batch shards of ``x`` for the worker threads (forward and backward): one per worker where
+    each gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample; of input
+    where the input rows are the columns and ``sample_values`` is 0), else the whole batch here. LeNet at 2 threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread:
     0.76 / 1.24); backward (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not;
     training steps 2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
-    return parallel.ranges(n, sample_values * value_bytes)
+    values = sample_values or math.prod(x.shape[1:])
+    return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
 
 
 def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int):
@@ -506,7 +507,7 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     if n == 0:  # an empty batch (as PyTorch allows): an empty result
         return xp.empty((0, f), dtype=x.dtype, device=device(x)), wk, layout, block, 1, None
     values = _column_values(layout, c, (kh, kw), oh, ow, stride, dilation, block, pads)
-    parts = _shards(n, values or c * h * w, itemsize(xp, x.dtype))
+    parts = _shards(xp, x, values)
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
         cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)(0, n)
@@ -759,8 +760,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
             _col2im_flat(xp, weight, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow)
         return dwk
 
-    values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads) or c * h * w
-    partials = parallel.run(shard, [(0, n)] if cached is not None else _shards(n, values, itemsize(xp, x.dtype)))
+    values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads)
+    partials = parallel.run(shard, [(0, n)] if cached is not None else _shards(xp, x, values))
     dwk = partials[0]
     for part in partials[1:]:
         dwk = dwk + part
