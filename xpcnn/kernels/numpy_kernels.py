@@ -16,9 +16,14 @@ from .. import parallel
 BLOCK_BYTES = 256 * 2 ** 10
 
 
+def _sample_bytes(a: np.ndarray) -> int:
+    """Bytes of one sample (entry of the first axis) of ``a``; 0 in an empty batch."""
+    return a.nbytes // max(1, a.shape[0])
+
+
 def _sharded(fn, a: np.ndarray) -> list:
     """``fn(i, j)`` over the worker shards of the first axis of ``a``; results in shard order."""
-    return parallel.run(fn, parallel.ranges(a.shape[0], a.nbytes // max(1, a.shape[0])))
+    return parallel.run(fn, parallel.ranges(a.shape[0], _sample_bytes(a)))
 
 
 def _block_rows(row_bytes: int) -> int:
@@ -198,7 +203,7 @@ def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     6.4 -> 4.4 ms)."""
     n, c = x.shape[0], x.shape[1]
     y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
-    sample_bytes = y.nbytes // max(1, n)  # per sample (none in an empty batch)
+    sample_bytes = _sample_bytes(y)
 
     def shard(a, b):  # blocks of ~256 KiB of output: the passes run on output-sized arrays
         rows = min(b - a, _block_rows(sample_bytes))
@@ -244,7 +249,7 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, s
     dx = _empty_nchw(padded_shape, dy.dtype)
     if not disjoint or (oh * stride[0], ow * stride[1]) != (h, w) or tuple(stride) != tuple(kernel):
         dx[...] = 0  # sums of overlapping windows, or positions no window covers
-    sample_bytes = dy.nbytes // max(1, n)  # per sample (none in an empty batch)
+    sample_bytes = _sample_bytes(dy)
 
     def shard(a, b):
         rows = min(b - a, _block_rows(sample_bytes))
