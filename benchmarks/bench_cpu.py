@@ -52,21 +52,24 @@ import numpy as np
 SHAPES = {"lenet": (1, 28), "vgg-small": (3, 32)}
 
 
-def make_xpcnn(name: str, batch: int, seed: int = 0):
+def make_xpcnn(name: str, batch: int, seed: int = 0, backend: str = "numpy"):
+    """Model, training step and host data ``(x, labels)``; on another backend the step's data is placed there
+    once, before timing."""
     import xpcnn
     from xpcnn.models import build_model
     c, s = SHAPES[name]
-    model = build_model(name, c, 10, s, backend="numpy", dtype="float32", seed=seed)
+    model = build_model(name, c, 10, s, backend=backend, dtype="float32", seed=seed)
     model.train()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, c, s, s)).astype(np.float32)
     labels = rng.integers(0, 10, batch)
+    x_dev, labels_dev = (x, labels) if backend == "numpy" else (model.backend.asarray(x), model.backend.asarray(labels))
     opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = xpcnn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad()
-        loss = loss_fn(model.forward(x), labels)
+        loss = loss_fn(model.forward(x_dev), labels_dev)
         model.backward(loss_fn.backward(), input_grad=False)  # torch computes no input gradient either
         opt.step()
         return loss

@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
-import numpy as np
-
 import xpcnn
-from xpcnn.models import build_model
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cpu import make_xpcnn  # noqa: E402  (the same model and training step as the CPU benchmark)
 
 
 def main() -> None:
     backend = os.environ.get("BACKEND", "cupy")
     batch, rounds, block = int(os.environ.get("BATCH", "128")), 5, 4
-    model = build_model("vgg-small", 3, 10, 32, backend=backend, dtype="float32", seed=0)
-    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = xpcnn.CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-    x = model.backend.asarray(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = model.backend.asarray(rng.integers(0, 10, batch))
+    model, step, _ = make_xpcnn("vgg-small", batch, backend=backend)
     sync = model.backend.synchronize
-
-    def step() -> None:
-        opt.zero_grad()
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
 
     limits = {"default": None, "16 MiB": 16 * 2 ** 20}
     times: dict[str, list[float]] = {k: [] for k in limits}
