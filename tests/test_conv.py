@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat.numpy
 import numpy as np
 import pytest
 
@@ -99,11 +100,12 @@ def _transposable(case):
     return case[0] == 1 and case[2] == 1 and conv_module._transposed_pads(pads, case[1], dil) is not None
 
 
-FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "flat" for groups 1)
+FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "banded" for groups 1)
           "im2col_nhwc": [c for c in GRID if c[0] == 1],
           "im2col_blocked": [c for c in GRID if c[0] == 1],
           "transposed": [c for c in GRID if _transposable(c)],
-          "polyphase": [c for c in GRID if c[0] == 1]}
+          "polyphase": [c for c in GRID if c[0] == 1],
+          "banded": [c for c in GRID if c[0] == 1 and c[2] == 1]}
 FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 
 
@@ -118,7 +120,8 @@ def _took(algo, case, rng):
     """The path ``algo`` names is the one a convolution of ``case`` takes."""
     x, wt, b, groups, *_ = _data(case, rng)
     ctx = F.conv2d_forward(x, wt, b, case[2], case[3], case[4], groups)[1]
-    return (conv_module.backward_algorithm(ctx) if algo in ("transposed", "polyphase") else ctx.algorithm) == algo
+    backward = algo in ("transposed", "polyphase", "banded")
+    return (conv_module.backward_algorithm(ctx) if backward else ctx.algorithm) == algo
 
 
 @pytest.mark.parametrize("conv_algorithm, case", FORCED_CASES, indirect=["conv_algorithm"],
@@ -148,12 +151,12 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
         return ctx.algorithm, conv_module.backward_algorithm(ctx)
     assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "transposed")
     assert paths((1, 16, 16, 16), (8, 16, 3, 3)) == ("im2col_nhwc", "transposed")
-    assert paths((1, 8, 32, 32), (32, 8, 3, 3)) == ("im2col", "flat")             # few channels, stride 1
+    assert paths((1, 8, 32, 32), (32, 8, 3, 3)) == ("im2col", "banded")             # few channels, stride 1
     assert paths((1, 8, 32, 32), (32, 8, 3, 3), stride=2) == ("im2col", "im2col")
     # few channels and filters: width-blocked columns (B = 4 outputs of 8 filters per row here)
-    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col_blocked", "flat")
+    assert paths((1, 8, 32, 32), (8, 8, 3, 3)) == ("im2col_blocked", "banded")
     assert paths((1, 8, 32, 32), (8, 8, 3, 3), stride=2) == ("im2col_blocked", "im2col")
-    assert paths((1, 8, 31, 31), (8, 8, 3, 3)) == ("im2col", "flat")              # ow = 31: no block divides it
+    assert paths((1, 8, 31, 31), (8, 8, 3, 3)) == ("im2col", "banded")              # ow = 31: no block divides it
     for xs, ws, pad, block in [((1, 1, 28, 28), (6, 1, 5, 5), 2, 4), ((1, 6, 14, 14), (16, 6, 5, 5), 0, 2)]:
         ctx = F.conv2d_forward(rng.standard_normal(xs), rng.standard_normal(ws), None, 1, pad)[1]
         assert (ctx.algorithm, ctx.block) == ("im2col_blocked", block)  # LeNet's convs: B*F >= 24
@@ -276,29 +279,52 @@ def test_conv2d_layer_gradients_through_model_numerical(rng):
 
 
 @pytest.mark.parametrize("c, f, kernel, pad, dil", [
-    (2, 16, (3, 3), 1, 1),        # many output channels: flat shifts summed per kernel offset
-    (2, 16, (3, 2), (2, 1), 2),
-    (3, 4, (3, 3), 1, 1),         # few output channels: per kernel row (one GEMM over kw shifted copies)
+    (2, 16, (3, 3), 1, 1),
+    (2, 16, (3, 2), (2, 1), 2),   # dilated, asymmetric kernel and padding
+    (3, 4, (3, 3), 1, 1),
     (1, 3, (5, 5), 2, 1),
     (2, 3, (2, 3), (0, 2), (2, 1)),
+    (2, 3, (2, 2), (3, 3), 1),    # padding wider than the kernel
+    (2, 3, (2, 2), 0, 5),         # dilated beyond the output: input rows and columns no window reaches
+    (2, 3, (3, 2), 1, 3),         # the kernel row written first (covering most input rows) is not the first
 ])
-@pytest.mark.parametrize("flat_bytes", [1, 2 ** 15, 2 ** 16, None])
-def test_flat_input_gradient_both_ways_match_loop_reference(c, f, kernel, pad, dil, flat_bytes, rng, monkeypatch):
-    """The "flat" input gradient (few channels, stride 1) sums its shifted runs per kernel offset or per kernel
-    row, whichever moves less data: both against the loop reference in float64, in sub-chunks of one sample,
-    of a few (the last one partial) and of the whole batch of five."""
-    if flat_bytes is not None:
-        monkeypatch.setattr(conv_module, "FLAT_BYTES", flat_bytes)
+@pytest.mark.parametrize("count, sub", [(1, None), (3, 2), (8, 1), (None, None)])
+def test_banded_input_gradient_matches_loop_reference(c, f, kernel, pad, dil, count, sub, rng, monkeypatch):
+    """The banded input gradient (few channels, stride 1) in float64 against the loop reference: the width in one
+    block, in three, in one block per input column, or as many as its cost model picks; in sub-chunks of one
+    sample, of two (the last one partial) and of the whole batch of five. Uninitialised memory is NaN here, so
+    any value the gradient fails to write shows."""
+    empty = array_api_compat.numpy.empty
+    monkeypatch.setattr(array_api_compat.numpy, "empty", lambda *a, **k: array_api_compat.numpy.full_like(
+        empty(*a, **k), math.nan))
+    if count is not None:
+        monkeypatch.setattr(conv_module, "_band_count", lambda *args: count)
+    if sub is not None:
+        bands = conv_module._bands
+        monkeypatch.setattr(conv_module, "_bands", lambda *args: (bands(*args)[0], sub))
     x, wt = rng.standard_normal((5, c, 7, 8)), rng.standard_normal((f, c) + kernel)
     y, ctx = F.conv2d_forward(x, wt, None, 1, pad, dil)
-    assert conv_module.backward_algorithm(ctx) == "flat"
+    assert conv_module.backward_algorithm(ctx) == "banded"
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     pads = ref.pads_of(pair(pad), kernel, pair(dil), (1, 1))
     dy = rng.standard_normal(y.shape)
     dx_ref, dw_ref, _ = ref.conv2d_backward(dy, x, wt, (1, 1), pads, pair(dil), 1)
     dx, dw, _ = F.conv2d_backward(dy, ctx)
-    assert_close(dx, dx_ref, 1e-10, "flat dx")
+    assert_close(dx, dx_ref, 1e-10, "banded dx")
     assert_close(dw, dw_ref, 1e-10, "dweight")
+
+
+def test_band_count_trades_gemm_work_for_fewer_adds():
+    """The cost model's block count: one block per row where the image is narrow, more (narrower blocks, less
+    work on the band's zeros) as the width and the filters grow (the counts measured fastest here: LeNet conv2
+    2-3, vgg-small conv1 8)."""
+    lenet2 = conv_module._band_count(128, 6, 14, 16, 5, 5, 10, 10, 0, 1)
+    vgg1 = conv_module._band_count(128, 3, 32, 32, 3, 3, 32, 32, 1, 1)
+    assert lenet2 in (2, 3) and vgg1 in (6, 7, 8, 9, 10)
+    assert conv_module._band_count(16, 6, 4, 16, 3, 3, 4, 4, 1, 1) <= 2
+    blocks = conv_module._band_blocks(14, 10, 5, 0, 1, 3)
+    assert [b[:2] for b in blocks] == [(0, 5), (5, 9), (9, 14)]  # near-equal widths covering the input
+    assert [b[2:] for b in blocks] == [(0, 5), (1, 9), (5, 10)]  # the output columns whose windows reach them
 
 
 @pytest.mark.parametrize("a, b, size", [(0, 128, 58), (64, 128, 58), (0, 5, 2), (0, 1, 3), (3, 10, 1), (0, 7, 7)])

@@ -157,7 +157,7 @@ def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
     config.set_workspace_limit(32 * 32 * 9 * 8 * 8 * 2)  # two samples' columns of the gradient, float64
     x = np.ones((5, 4, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((8, 4, 3, 3)), None, 1, 1)
-    assert C.backward_algorithm(ctx) == "flat"  # 4 channels: ow-innermost columns, flat shifts under auto
+    assert C.backward_algorithm(ctx) == "banded"  # 4 channels: ow-innermost columns, banded rows under auto
     config.set_conv_algorithm("transposed")
     assert C.backward_algorithm(ctx) == "transposed"
     assert C._batch_chunk(5, 32 * 32 * 9 * 8, 8) == 2
@@ -167,18 +167,18 @@ def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
 
 
 def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
-    """On a CPU a batch runs in cache-sized chunks (CHUNK_TARGET), the flat input gradient in sub-chunks and long
+    """On a CPU a batch runs in cache-sized chunks (CHUNK_TARGET), the banded input gradient in sub-chunks and long
     weight-gradient reductions in blocks; on a GPU only the workspace limit bounds a chunk (each piece would be
     more kernel launches). Same gradients either way."""
     from xpcnn.functional import conv as C
     rng = np.random.default_rng(3)
-    x, w = rng.standard_normal((64, 3, 32, 32)), rng.standard_normal((32, 3, 3, 3))  # few channels: flat dx
+    x, w = rng.standard_normal((64, 3, 32, 32)), rng.standard_normal((32, 3, 3, 3))  # few channels: banded dx
     dy = rng.standard_normal((64, 32, 32, 32))
     results = {}
     for gpu in (False, True):
         monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
         y, ctx = conv2d_forward(x, w, None, 1, 1)
-        assert C.backward_algorithm(ctx) == "flat"
+        assert C.backward_algorithm(ctx) == "banded"
         results[gpu] = (ctx.nb, y) + tuple(conv2d_backward(dy, ctx))
     cpu_nb, gpu_nb = results[False][0], results[True][0]
     # a sample's columns: 32*32*27*8 bytes = 216 KiB; 2 MiB on a CPU: 9 samples; 16 MiB workspace: all 64
@@ -198,7 +198,7 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
         Counted.products = 0
         assert np.array_equal(np.asarray(C._long_matmul(np, a, b)), np.full((3, 2), 5000.0))
         assert Counted.products == products
-    monkeypatch.setattr(C, "FLAT_BYTES", 1)  # the flat input gradient: a sub-chunk per sample on a CPU
+    monkeypatch.setattr(C, "BAND_BYTES", 1)  # the banded input gradient: a sub-chunk per sample on a CPU
     real_chunks, sizes = C._chunks, []
     monkeypatch.setattr(C, "_chunks", lambda a, b, size: sizes.append(size) or real_chunks(a, b, size))
     for gpu in (False, True):
@@ -206,4 +206,4 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
         sizes.clear()
         dx = C.conv2d_backward(dy, conv2d_forward(x, w, None, 1, 1)[1])[0]
         np.testing.assert_allclose(dx, results[gpu][2], rtol=1e-12, atol=1e-12)
-        assert sizes[-1] == (64 if gpu else 1)  # the flat sub-chunks, after the weight-gradient chunks
+        assert sizes[-1] == (64 if gpu else 1)  # the banded sub-chunks, after the weight-gradient chunks

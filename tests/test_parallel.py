@@ -102,12 +102,12 @@ def test_set_num_threads_checks_its_argument():
 
 
 CASES = [  # x shape, w shape, stride, padding, dilation, groups, algorithm
-    ((5, 4, 9, 8), (6, 4, 3, 3), 1, 1, 1, 1, "auto"),          # ow-innermost columns, col2im
+    ((5, 4, 9, 8), (6, 4, 3, 3), 1, 1, 1, 1, "auto"),          # ow-innermost columns, banded gradient
     ((5, 16, 7, 7), (8, 16, 3, 3), 1, 1, 1, 1, "auto"),        # channels-innermost, transposed gradient
     ((5, 16, 7, 7), (8, 16, 3, 3), 1, 1, 1, 1, "im2col_nhwc"),  # channels-innermost, col2im
     ((4, 16, 9, 9), (8, 16, 3, 3), 2, 1, 1, 1, "auto"),        # strided: input gradient by phases
     ((3, 4, 7, 6), (6, 2, 2, 3), 1, 2, 1, 2, "auto"),          # grouped
-    ((5, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1, "auto"),        # width-blocked columns (B = 4), flat gradient
+    ((5, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1, "auto"),        # width-blocked columns (B = 4), banded gradient
     ((4, 4, 9, 8), (6, 4, 3, 3), 2, 1, 1, 1, "im2col_blocked"),  # width-blocked, strided: col2im
     ((4, 16, 9, 9), (24, 16, 3, 3), 2, 1, 1, 1, "auto"),       # strided, more filters than channels: col2im
 ]

@@ -67,7 +67,7 @@ def get_fast_paths() -> bool:
 
 
 _conv_algorithm = "auto"
-_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "im2col_blocked", "transposed", "polyphase")
+_CONV_ALGORITHMS = ("auto", "im2col", "im2col_nhwc", "im2col_blocked", "transposed", "polyphase", "banded")
 
 
 def set_conv_algorithm(name: str | None) -> None:
@@ -76,8 +76,9 @@ def set_conv_algorithm(name: str | None) -> None:
     (channels-innermost columns for every ungrouped convolution, input gradient by col2im), ``"im2col_blocked"``
     (width-blocked columns for every ungrouped convolution whose output width has a divisor from 2 to 8, input
     gradient by col2im), ``"transposed"`` (the input gradient as a transposed convolution wherever it
-    applies: stride 1, groups 1) or ``"polyphase"`` (the input gradient as one stride-1 convolution per phase
-    of the stride, for every ungrouped convolution). Tests use them to
+    applies: stride 1, groups 1), ``"polyphase"`` (the input gradient as one stride-1 convolution per phase
+    of the stride, for every ungrouped convolution) or ``"banded"`` (the input gradient by banded rows wherever
+    it applies: stride 1, groups 1). Tests use them to
     cover each path on small shapes; ``None`` restores "auto"."""
     global _conv_algorithm
     _conv_algorithm = _choice(name, _CONV_ALGORITHMS, "conv algorithm")

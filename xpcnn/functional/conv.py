@@ -24,10 +24,12 @@ forward convolution of ``dY`` with the flipped, transposed weight ("transposed")
 GEMM (K = kh*kw*F) instead of a short one (K = F) and needs no col2im: vgg-small conv backward, 1 thread,
 32->32 at 32x32 82.7 -> 60.5 ms, 64->64 at 16x16 51.3 -> 43.1 ms, no slower elsewhere. At stride > 1 the same
 idea, one phase of the stride at a time ("polyphase", :func:`_polyphase_dx`, where :func:`_use_polyphase`
-measured it faster).
+measured it faster). Few-channel convolutions at stride 1 take "banded rows" (:func:`_banded_dx`): the rows of
+``dY`` times a banded (width-Toeplitz) weight, then kh row-shifted adds.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -96,7 +98,7 @@ CHUNK_TARGET = {"im2col_nhwc": 2 ** 20, "im2col": 2 * 2 ** 20, "im2col_blocked":
 
 def cache_sized(a) -> bool:
     """Whether work on ``a`` runs in cache-sized pieces (batch chunks of :data:`CHUNK_TARGET`, sub-chunks of
-    :data:`FLAT_BYTES`, reduction blocks of :data:`DW_BLOCK`): on a CPU, where they keep data in cache between
+    :data:`BAND_BYTES`, reduction blocks of :data:`DW_BLOCK`): on a CPU, where they keep data in cache between
     passes; not on a GPU, where each piece would be one more round of kernel launches and a smaller GEMM
     (there the workspace limit alone bounds a chunk)."""
     return not on_gpu(a)
@@ -241,70 +243,111 @@ def _col2im_kmajor(dcol, dx, n0, pads, stride, dilation):
     return dx
 
 
-FLAT_BYTES = 2 ** 20  # temporaries of the flat input gradient per sub-chunk (measured, see _col2im_flat)
+# cost model of the banded input gradient (fitted to its time over 24 shapes, 1-16 blocks, 1 thread, this repo's
+# 2-core Xeon with OpenBLAS; see _band_count): GEMM rate, cost per run of the row adds, per call
+BAND_GEMM_RATE, BAND_RUN_COST, BAND_CALL_COST = 150e9, 12e-9, 1.5e-6
+BAND_NARROW = 32  # GEMM outputs narrower than this run proportionally slower (fitted with the constants above)
 
 
-def _col2im_flat(xp, weight, dym, dx, n0, pads, dilation, oh: int, ow: int):
-    """Input gradient of samples ``n0:n0+m`` (a batch shard) of a stride-1, ungrouped convolution with few
-    channels, written into ``dx (N, C, H, W)`` (a view of channels-last memory), by flat shifts. With ``dY``
-    padded to the padded input's width Wp and flattened, the contribution of kernel offset ``(i, j)`` lands on
-    the flattened padded plane shifted by ``i*d*Wp + j*d``, as one contiguous run per sample and channel (the
-    padding columns of ``dY`` are zero, and wrap onto the plane's padding).
+def _band_blocks(w: int, ow: int, kw: int, left: int, dw: int, count: int) -> list:
+    """The input's width in ``count`` near-equal blocks ``(x0, x1, o0, o1)``: input columns ``[x0, x1)`` and the
+    output columns ``[o0, o1)`` whose windows reach them at stride 1 (``x = o + j*dw - left``)."""
+    edges = [round(k * w / count) for k in range(count + 1)]
+    return [(x0, x1, max(0, x0 + left - dw * (kw - 1)), min(ow, x1 + left)) for x0, x1 in zip(edges, edges[1:])]
 
-    Two ways to sum them, chosen by the data each moves: per offset (one GEMM ``W.T @ dY``, kh*kw shifted adds of
-    C rows each), or per kernel row (one GEMM over kw shifted copies of ``dY``, K = kw*F, then kh adds), which
-    wins where F is small against kh*C. LeNet conv2 (6 -> 16, 5x5 at 14x14) backward, 1 thread: 6.1 ms with
-    col2im, 4.9 per offset, 3.7 per row; vgg conv1 (3 -> 32, 3x3) 13.5 per offset, 26.3 per row.
 
-    On one worker the shard runs in sub-chunks whose temporaries fit :data:`FLAT_BYTES` (half a core's L2
-    here), with buffers reused from one to the next: the GEMM's output is still in cache when the adds read it.
-    Input gradient alone, batch 128, 1 thread, column-layout chunks -> 1 MiB sub-chunks: LeNet conv1 2.99 ->
-    1.74 ms (6 samples), vgg conv1 9.2 -> 8.0 ms (3 samples), LeNet conv2 1.66 -> 1.71 ms (13 samples; flat
-    from 10 to 128 samples), measured over 1 to 128 samples (LeNet conv1 2.4 ms at 10). With worker threads
-    the many short calls of small sub-chunks contend for the GIL (vgg conv1 at 2 threads: 5.8-6.0 ms in whole
-    chunks, 6.9-7.3 in 1 MiB sub-chunks, 9.0 in 512 KiB ones): there each shard runs whole."""
+@functools.lru_cache(maxsize=256)
+def _band_count(m: int, c: int, w: int, f: int, kh: int, kw: int, oh: int, ow: int, left: int, dw: int) -> int:
+    """Blocks of the banded input gradient (:func:`_banded_dx`) for ``m`` samples: the count, of 1 to
+    ``min(w, 32)``, with the least modelled time. Wider blocks mean fewer, longer row adds and fewer calls but more
+    GEMM work on the band's zeros (``(B + kw - 1) / kw`` times the useful work at block width B). The model
+    (:data:`BAND_GEMM_RATE`, :data:`BAND_RUN_COST`, :data:`BAND_CALL_COST`, :data:`BAND_NARROW`) picked,
+    over the 24 measured shapes, a count within 3% of the fastest on average, 13% at worst."""
+    def cost(count):
+        total = 0.0
+        for x0, x1, o0, o1 in _band_blocks(w, ow, kw, left, dw, count):
+            width = kh * (x1 - x0) * c
+            total += 2 * m * oh * (o1 - o0) * f * width / min(1.0, width / BAND_NARROW) / BAND_GEMM_RATE
+            total += BAND_RUN_COST * kh * m * oh + BAND_CALL_COST * (kh + 3 + o1 - o0)
+        return total
+    return min(range(1, min(w, 32) + 1), key=cost)
+
+
+def _band_weight(xp, weight, block, left: int, dw: int):
+    """The weight as the banded matrix of one block ``(x0, x1, o0, o1)``: rows ``(o, f)`` for output columns
+    ``[o0, o1)``, columns ``(i, x, c)`` for input columns ``[x0, x1)``: ``W[f, c, i, j]`` where
+    ``x = o + j*dw - left``, zero elsewhere. One strided-slice copy per output column."""
+    x0, x1, o0, o1 = block
+    f, c, kh, kw = weight.shape
+    wt = xp.permute_dims(weight, (0, 2, 3, 1))  # (F, kh, kw, C)
+    band = xp.zeros((o1 - o0, f, kh, x1 - x0, c), dtype=weight.dtype, device=device(weight))
+    for o in range(o0, o1):
+        taps = [j for j in range(kw) if x0 <= o + j * dw - left < x1]
+        if taps:
+            j0, j1 = taps[0], taps[-1]
+            x = o + j0 * dw - left - x0
+            band[o - o0, :, :, x:x + dw * (j1 - j0) + 1:dw, :] = wt[:, :, j0:j1 + 1, :]
+    return xp.reshape(band, ((o1 - o0) * f, kh * (x1 - x0) * c))
+
+
+def _row_spans(kh: int, dh: int, top: int, h: int, oh: int) -> list:
+    """For each kernel row i, ``(i, lo, hi, y0)``: output rows ``[lo, hi)`` reach input rows from ``y0`` on
+    (``y = oy + i*dh - top``, stride 1)."""
+    spans = []
+    for i in range(kh):
+        lo, hi = max(0, top - i * dh), min(oh, h + top - i * dh)
+        spans.append((i, lo, max(lo, hi), lo + i * dh - top))
+    return spans
+
+
+def _banded_dx(xp, bands, kh: int, dym, dxh, n0: int, pads, dilation, oh: int, ow: int, sub: int):
+    """Input gradient of samples ``n0:n0+m`` (a batch shard) of a stride-1 ungrouped convolution, written into the
+    channels-last ``dxh (N, H, W, C)``, from its channels-last output gradient rows ``dym (m*oh*ow, F)``.
+
+    Seen as ``(m*oh, ow*F)``, each row of ``dY`` is one output row; times the banded weight of a block of input
+    columns (:func:`_band_weight`, ``bands``: ``[(block, matrix)]``) it gives that block's contribution to kh input
+    rows at once, ``(m*oh, kh*B*C)``; kh row-shifted adds sum them (the kernel row covering most input rows is
+    written, rows it misses zeroed). A block's slice of ``dY`` is a column range of those rows (the GEMM reads it
+    in place: no copy of dY at all), and a block's result lands channels-last, in runs of B*C values. No col2im,
+    no shifted copies: where the "flat" shifts it replaced spent most of their time (LeNet conv2, 6 -> 16, 5x5
+    at 14x14, batch 128, 1 thread: 1.68-1.77 ms flat, 1.23-1.32 banded; vgg-small conv1 7.6-7.9 -> 5.8; faster on
+    all 24 shapes timed, 0.56-0.98x). ``sub`` samples at a time."""
+    h, c = dxh.shape[1], dxh.shape[3]
     m, f = dym.shape[0] // (oh * ow), dym.shape[1]
-    c, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    kh, kw = weight.shape[2], weight.shape[3]
-    top, left = pads[0], pads[2]
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    dev, dt = device(dym), dym.dtype
-    by_row = kw * f < 3 * kh * (kw - 1) * c  # per kernel row: F small, a cheap transposed copy of dY
-    per_sample = ((kw + 1) * f + kh * c if by_row else f + kh * kw * c) * oh * wp + c * hp * wp
-    whole = parallel.workers() > 1 or not cache_sized(dym)
-    sub = m if whole else max(1, min(m, FLAT_BYTES // (per_sample * itemsize(xp, dt))))
-    if by_row:
-        lead = dilation[1] * (kw - 1)  # zeros in front: the shifted copies read up to `lead` back
-        dyt = xp.zeros((f, lead + sub * oh * wp), dtype=dt, device=dev)  # rows padded to Wp; padding never written
-        taps = xp.empty((kw, f, sub * oh * wp), dtype=dt, device=dev)
-        wt = xp.reshape(xp.permute_dims(weight, (2, 1, 3, 0)), (kh * c, kw * f))  # rows (i, c), columns (j, f)
-        shifts, run = [i * dilation[0] * wp for i in range(kh)], oh * wp
-    else:  # per kernel offset; dY rows padded to Wp, channels innermost (the GEMM reads them transposed)
-        dyp = xp.zeros((sub, oh, wp, f), dtype=dt, device=dev)
-        wk = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (kh * kw * c, f))  # rows (i, j, c)
-        shifts = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
-        run = (oh - 1) * wp + ow
-    plane = xp.empty((sub, c, hp * wp), dtype=dt, device=dev)
+    rows = xp.reshape(dym, (m * oh, ow * f))
+    spans = _row_spans(kh, dilation[0], pads[0], h, oh)
+    first = max(spans, key=lambda s: s[2] - s[1])
+    rest = [s for s in spans if s is not first and s[2] > s[1]]
     add = _adder(xp)
+    i, lo, hi, y0 = first
     for a, b in _chunks(0, m, sub):
-        s, p = b - a, (b - a) * oh * wp
-        dys = xp.reshape(dym[a * oh * ow:b * oh * ow, :], (s, oh, ow, f))
-        if by_row:
-            xp.reshape(dyt[:, lead:lead + p], (f, s, oh, wp))[:, :, :, 0:ow] = xp.permute_dims(dys, (3, 0, 1, 2))
-            for j in range(kw):
-                taps[j, :, 0:p] = dyt[:, lead - j * dilation[1]:lead - j * dilation[1] + p]
-            t = xp.reshape(wt @ xp.reshape(taps[:, :, 0:p], (kw * f, p)), (kh, c, s, oh * wp))
-        else:
-            dyp[0:s, :, 0:ow, :] = dys
-            t = xp.reshape(wk @ xp.matrix_transpose(xp.reshape(dyp[0:s, ...], (p, f))), (kh * kw, c, s, oh * wp))
-        t = xp.permute_dims(t, (0, 2, 1, 3))  # (shifts, m, C, oh*Wp): one permutation for all
-        pl = plane[0:s, ...]
-        pl[:, :, 0:run] = t[0, :, :, 0:run]  # the first shift is 0: written, not added, and the rest zeroed
-        pl[:, :, run:] = 0
-        for k in range(1, len(shifts)):
-            add(pl, (slice(None), slice(None), slice(shifts[k], shifts[k] + run)), t[k, :, :, 0:run])
-        dx[n0 + a:n0 + b, ...] = xp.reshape(pl, (s, c, hp, wp))[:, :, top:top + h, left:left + w]
-    return dx
+        batch = slice(n0 + a, n0 + b)
+        dxh[batch, 0:y0, :, :] = 0
+        dxh[batch, y0 + hi - lo:, :, :] = 0
+        for (x0, x1, o0, o1), band in bands:
+            t = xp.reshape(rows[a * oh:b * oh, o0 * f:o1 * f] @ band, (b - a, oh, kh, x1 - x0, c))
+            dxh[batch, y0:y0 + hi - lo, x0:x1, :] = t[:, lo:hi, i, :, :]
+            for k, lo_k, hi_k, y0_k in rest:
+                add(dxh, (batch, slice(y0_k, y0_k + hi_k - lo_k), slice(x0, x1), slice(None)), t[:, lo_k:hi_k, k, :, :])
+    return dxh
+
+
+BAND_BYTES = 2 ** 20  # banded GEMM results per sub-chunk on a CPU (measured, see _bands)
+
+
+def _bands(xp, weight, m: int, pads, dilation, oh: int, ow: int, x):
+    """The blocks and banded weights of :func:`_banded_dx` for shards of ``m`` samples, and the samples per
+    sub-chunk: the GEMM results of one block within :data:`BAND_BYTES` on a CPU, the workspace limit on a GPU.
+    Backward, 1 thread, 0.25 / 0.5 / 1 / 2 / 4 MiB: 128 x 3 -> 32 at 64x64 49.3-50.0 / 44.8-49.7 / 46.5-49.6 /
+    48.8-51.8 / 53.5 ms; LeNet conv2, vgg conv1 and 32 x 3 -> 16 at 96x96 within 2% from 0.25 to 64 MiB."""
+    f, c, kh, kw = weight.shape
+    w, left, dw = x.shape[3], pads[2], dilation[1]
+    count = _band_count(m, c, w, f, kh, kw, oh, ow, left, dw)
+    blocks = _band_blocks(w, ow, kw, left, dw, count)
+    bands = [(block, _band_weight(xp, weight, block, left, dw)) for block in blocks]
+    limit = BAND_BYTES if cache_sized(x) else config.get_workspace_limit(gpu=True)
+    sample = oh * kh * max(x1 - x0 for x0, x1, _, _ in blocks) * c * itemsize(xp, weight.dtype)
+    return bands, max(1, min(m, limit // sample))
 
 
 def _im2col_blocked(xh, n0: int, n1: int, pbuf, col, pads, stride, dilation, block: int):
@@ -486,8 +529,8 @@ class ConvContext(NamedTuple):
 def _shards(xp, x, sample_values: int) -> list:
     """A convolution's batch shards of ``x`` for the worker threads (forward and backward): one per worker where
     each gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample; of input
-    where the input rows are the columns and ``sample_values`` is 0), else the whole batch here. LeNet at 2 threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread:
-    0.76 / 1.24); backward (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not;
+    where the input rows are the columns and ``sample_values`` is 0), else the whole batch here. LeNet at 2
+    threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread: 0.76 / 1.24); backward (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not;
     training steps 2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
     values = sample_values or math.prod(x.shape[1:])
     return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
@@ -647,22 +690,30 @@ def _polyphase_dx(xp, dy, ctx):
     return xp.permute_dims(dx, (0, 3, 1, 2))
 
 
+def _use_banded(ctx) -> bool:
+    """Input gradient by banded rows (:func:`_banded_dx`)? Stride 1 and groups 1; forced ("banded"), or under
+    "auto" after the few-channel forwards (ow-innermost or width-blocked columns): faster than col2im and
+    than the flat shifts before it on every such shape timed (the transposed convolution wins after a
+    channels-innermost forward)."""
+    algo = config.get_conv_algorithm()
+    if ctx.groups != 1 or ctx.stride != (1, 1) or algo not in ("auto", "banded"):
+        return False
+    return algo == "banded" or ctx.algorithm in ("im2col", "im2col_blocked")
+
+
 def backward_algorithm(ctx: ConvContext) -> str:
-    """How :func:`conv2d_backward` computes the input gradient for ``ctx``: "transposed" where
-    :func:`_use_transposed` says so; under "auto", "flat" (:func:`_col2im_flat`) for ungrouped few-channel
-    columns at stride 1; else col2im from the forward's column layout ("im2col" or "im2col_nhwc" after
-    width-blocked columns, by channel count)."""
+    """How :func:`conv2d_backward` computes the input gradient for ``ctx``: "transposed", "polyphase" or
+    "banded" where :func:`_use_transposed`, :func:`_use_polyphase`, :func:`_use_banded` say so (in that order);
+    else col2im from the forward's column layout ("im2col" or "im2col_nhwc" after width-blocked columns, by
+    channel count)."""
     if _use_transposed(ctx):
         return "transposed"
     if _use_polyphase(ctx):
         return "polyphase"
-    few = ctx.weight.shape[1] < CHANNELS_LAST_MIN
-    flat = (config.get_conv_algorithm() == "auto" and ctx.algorithm in ("im2col", "im2col_blocked")
-            and ctx.groups == 1 and ctx.stride == (1, 1) and few)
-    if flat:
-        return "flat"
+    if _use_banded(ctx):
+        return "banded"
     if ctx.algorithm == "im2col_blocked":  # col2im of unblocked columns, computed from dY and the plain weight
-        return "im2col" if few else "im2col_nhwc"
+        return "im2col" if ctx.weight.shape[1] < CHANNELS_LAST_MIN else "im2col_nhwc"
     return ctx.algorithm
 
 
@@ -687,7 +738,7 @@ def conv2d_backward(dy, ctx):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` (dbias is None without bias).
 
     Per batch chunk: columns (recomputed or cached), ``dW += col.T @ dY``, then dx as :func:`backward_algorithm`
-    says: ``dcol = dY @ W.T`` and col2im, flat shifts, or after dW as forward convolutions of ``dY``
+    says: ``dcol = dY @ W.T`` and col2im, banded rows, or after dW as forward convolutions of ``dY``
     ("transposed", "polyphase").
     """
     return conv2d_backward_params(dy, ctx, need_dx=True)
@@ -713,15 +764,18 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     need_dcol = need_dx and not by_convolution
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
-    flat = dx_algorithm == "flat"
-    if need_dcol and flat:  # flat shifts write every sample's gradient, straight into the library's layout
-        dx = empty_nchw(xp, (n, c, h, w), dy.dtype, dev)
+    values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads)
+    parts = [(0, n)] if cached is not None else _shards(xp, x, values)
+    banded = dx_algorithm == "banded"
+    if need_dcol and banded:  # banded rows write every sample's gradient, straight into the library's layout
+        dx = xp.empty((n, h, w, c), dtype=dy.dtype, device=dev)
+        bands, sub = _bands(xp, weight, -(-n // len(parts)), pads, dilation, oh, ow, x)
     elif need_dcol:  # col2im adds into it
         dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev)
     else:
         dx = None
     blocked = algorithm == "im2col_blocked"
-    if blocked and need_dcol and not flat:  # dcol unblocked: the plain weight
+    if blocked and need_dcol and not banded:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
     wkt = xp.matrix_transpose(wk)
 
@@ -745,7 +799,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                 dyg = xp.permute_dims(xp.reshape(dym, (p1 - p0, g, fg)), (1, 0, 2))  # (G, P, F/G)
                 part = xp.matmul(xp.reshape(cm, (g, k, p1 - p0)), dyg)  # (G, K, F/G)
             dwk = part if dwk is None else dwk + part
-            if not need_dcol or flat:
+            if not need_dcol or banded:
                 continue
             if g == 1:
                 dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
@@ -756,12 +810,11 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                 _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
             else:
                 _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
-        if need_dcol and flat:  # the whole shard at once: its own sub-chunks, buffers allocated once
-            _col2im_flat(xp, weight, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow)
+        if need_dcol and banded:  # the whole shard at once, after its weight gradient
+            _banded_dx(xp, bands, kh, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow, sub)
         return dwk
 
-    values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads)
-    partials = parallel.run(shard, [(0, n)] if cached is not None else _shards(xp, x, values))
+    partials = parallel.run(shard, parts)
     dwk = partials[0]
     for part in partials[1:]:
         dwk = dwk + part
@@ -773,9 +826,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
     if by_convolution:
         return (_transposed_dx if dx_algorithm == "transposed" else _polyphase_dx)(xp, dy, ctx), dw, db
-    if dx is None or flat:
+    if dx is None:
         return dx, dw, db
-    if clast:
+    if clast or banded:
         return xp.permute_dims(dx, (0, 3, 1, 2)), dw, db
     out = empty_nchw(xp, dx.shape, dx.dtype, dev)  # the library's one layout: channels-last memory
     out[...] = dx
