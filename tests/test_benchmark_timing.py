@@ -1,8 +1,9 @@
-"""The interleaving of the benchmarks' timers: blocks of timed calls, each after one untimed call per switch."""
+"""The interleaving of the benchmarks' timers: blocks of timed calls, each after untimed calls per switch."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
 from xpcnn import bench
 
@@ -33,6 +34,30 @@ def test_bench_cpu_alternates_blocks_after_an_untimed_call():
 
 def test_xpcnn_bench_alternates_blocks_of_half_the_repeats():
     calls, fns = _recorder()
-    times = bench.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4)
+    times = bench.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4, settle=0)
     assert [len(t) for t in times] == [4, 4]
     assert "".join(calls) == "a" + "b" + "aaa" + "bbb" + "aaa" + "bbb"
+
+
+def test_xpcnn_bench_settles_each_turn_for_the_settle_time():
+    """Each turn starts with untimed calls for at least ``settle`` seconds (the other framework's threads go
+    idle meanwhile), then its block of timed calls."""
+    log = []
+
+    def make(name):
+        def fn():
+            log.append((name, time.perf_counter()))
+            time.sleep(0.001)
+        return fn
+    times = bench.time_interleaved([make("a"), make("b")], [lambda: None] * 2, warmup=0, repeats=4, settle=0.01)
+    assert [len(t) for t in times] == [4, 4]
+    turns = []  # (name, [call start times]) per run of one function
+    for name, t in log:
+        if not turns or turns[-1][0] != name:
+            turns.append((name, []))
+        turns[-1][1].append(t)
+    assert [name for name, _ in turns] == ["a", "b", "a", "b"]
+    for _, starts in turns:
+        untimed = len(starts) - 2  # blocks of two timed calls
+        assert untimed >= 2  # a 1 ms call cannot fill 10 ms in one
+        assert starts[untimed] - starts[0] >= 0.01

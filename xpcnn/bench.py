@@ -132,15 +132,23 @@ def limit_threads(stack: ExitStack, threads: int | None, log: Callable[[str], No
 # ----------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------
-def time_interleaved(fns: Sequence[Callable[[], Any]], syncs: Sequence[Callable[[], None]], warmup: int,
-                     repeats: int, block: int | None = None) -> list[list[float]]:
-    """Seconds per call of each function, the functions taking turns in blocks of ``block`` timed calls (default:
-    half the repeats, so that each gets at least two turns); each turn starts with one untimed call.
+SETTLE_S = 0.05  # untimed calls at the start of each turn, in seconds (measured, see time_interleaved)
 
-    Each function warms up first; the device is synchronised before every clock read. The untimed call
-    keeps one framework's leftovers off the other's clock: PyTorch's OpenMP threads spin for milliseconds
-    after its call (libgomp's default), which took a core from the next xpcnn step on a 2-core machine
-    (LeNet at 2 threads: 14.0 ms right after a PyTorch step, 6.7-7.1 ms for the next five).
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], syncs: Sequence[Callable[[], None]], warmup: int,
+                     repeats: int, block: int | None = None, settle: float = SETTLE_S) -> list[list[float]]:
+    """Seconds per call of each function, the functions taking turns in blocks of ``block`` timed calls (default:
+    half the repeats, so that each gets at least two turns); each turn starts with untimed calls for ``settle``
+    seconds (at least one).
+
+    Each function warms up first; the device is synchronised before every clock read. The untimed calls keep
+    one framework's leftovers off the other's clock: PyTorch's OpenMP threads spin after its calls (libgomp's
+    default), which took a core from the next xpcnn call on a 2-core machine. LeNet at 2 threads, worker
+    processes, median of the three calls after a PyTorch turn, settling 0 / 10 / 30 / 100 ms: forward at batch
+    32 2.12 / 1.37 / 1.40 / 1.39 ms, at batch 128 4.18 / 3.22 / 2.96 / 2.98 (PyTorch's own 0.88-0.93 and
+    2.93-3.00 either way); with a single untimed call, xpcnn's forward at batch 32 ran 2.2-2.5 ms for the
+    first five calls after a PyTorch turn and 1.39 from the sixth, so ``xpcnn bench`` at 5 repeats had
+    reported 2.53 ms.
     """
     for fn, sync in zip(fns, syncs):
         for _ in range(warmup):
@@ -150,8 +158,13 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], syncs: Sequence[Callable[
     times: list[list[float]] = [[] for _ in fns]
     while len(times[0]) < repeats:
         for k, (fn, sync) in enumerate(zip(fns, syncs)):
-            if len(fns) > 1:
-                fn()  # the turn's untimed first call
+            if len(fns) > 1:  # the turn's untimed calls
+                start = time.perf_counter()
+                fn()
+                sync()
+                while time.perf_counter() - start < settle:
+                    fn()
+                    sync()
             for _ in range(min(block, repeats - len(times[k]))):
                 sync()
                 t0 = time.perf_counter()
