@@ -12,6 +12,9 @@ import gc
 import glob
 import os
 import pickle
+import threading
+import time
+from multiprocessing import Pipe
 
 import numpy as np
 import pytest
@@ -339,3 +342,26 @@ def test_a_nested_sequential_runs_inside_its_parent_s_shards(processes):
     got = _step(model, x, labels)
     assert model._replicas is not None and model.layers[0].__dict__.get("_replicas") is None
     _assert_same(got, _in_one_process(_step, net(), x, labels))
+
+
+def test_pipes_are_polled_before_a_blocking_read(processes, monkeypatch):
+    """A process polls its pipe for up to the spin time, then reads blocking (a later message still arrives);
+    it spins only where every process has a CPU of its own, and the workers get this process's choice."""
+    reader, writer = Pipe(duplex=False)
+    writer.send("waiting")
+    assert replicas._receive(reader, 0.5) == "waiting"
+    timer = threading.Timer(0.05, lambda: writer.send("later"))
+    timer.start()
+    start = time.perf_counter()
+    assert replicas._receive(reader, 0.001) == "later"
+    assert time.perf_counter() - start >= 0.04
+    timer.join()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (replicas._spin_time(2), replicas._spin_time(3)) == (replicas.SPIN_S, 0.0)
+    processes(2)
+    model, x, labels = _lenet_on_workers()
+    assert [w.spin for w in model._replicas.workers] == [replicas.SPIN_S]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # fewer CPUs than processes
+    fresh, _, _ = _lenet_on_workers()
+    assert [w.spin for w in fresh._replicas.workers] == [0.0]
+    assert np.allclose(fresh.forward(x), model.forward(x))
