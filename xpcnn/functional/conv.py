@@ -530,8 +530,9 @@ def _shards(xp, x, sample_values: int) -> list:
     """A convolution's batch shards of ``x`` for the worker threads (forward and backward): one per worker where
     each gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample; of input
     where the input rows are the columns and ``sample_values`` is 0), else the whole batch here. LeNet at 2
-    threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread: 0.76 / 1.24); backward (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not;
-    training steps 2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
+    threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread: 0.76 / 1.24); backward
+    (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not; training steps
+    2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
     values = sample_values or math.prod(x.shape[1:])
     return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
 
