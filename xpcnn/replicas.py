@@ -57,7 +57,8 @@ def _receive(conn: Connection, spin: float):
     per call (the worker for the request, this process for the reply) and once more per batch norm
     exchange. Polling first, as OpenMP runtimes spin before they sleep: LeNet step on 2 processes, batch 32
     3.05-3.07 -> 2.66-2.70 ms, batch 128 6.33-6.45 -> 6.02-6.08 (alternating runs). Only where every process
-    has a core of its own (:func:`_spin_time`): a spinning process would take one from a working one."""
+    has a core of its own (:func:`_spin_time`): a spinning process would take one from a working one. The
+    polling holds this process's GIL, so another Python thread of it may wait up to ``spin`` meanwhile."""
     if spin > 0:
         end = time.perf_counter() + spin
         while not conn.poll(0) and time.perf_counter() < end:
