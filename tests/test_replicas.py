@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import xpcnn
-from xpcnn import config, replicas
+from xpcnn import config, parallel, replicas
 from xpcnn.models import build_model
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="worker processes need a POSIX system")
@@ -94,7 +94,7 @@ def test_processes_give_the_single_process_results(processes, n, batch):
     model = _lenet()
     many = _step(model, x, labels)
     assert model._replicas is not None and len(model._replicas.workers) == n - 1  # the path was taken
-    assert model._replicas.parts == replicas.shards(batch, n)
+    assert model._replicas.parts == parallel.even_ranges(0, batch, n)
     _assert_same(many, one)
     _assert_same(_step(model, x, labels, input_grad=False), _step(_lenet(), x, labels, input_grad=False))
 

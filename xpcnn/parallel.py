@@ -90,13 +90,16 @@ def ranges(n: int, item_bytes: int = 0) -> list[tuple[int, int]]:
     inside a shard (no nested splits: the pool's threads are busy with the outer shards)."""
     inner = getattr(_local, "in_shard", False)
     min_size = -(-MIN_SHARD_BYTES // item_bytes) if item_bytes > 0 else 1
-    parts = 1 if inner else max(1, min(_workers, n // min_size))
-    q, r = divmod(n, parts)
-    out, a = [], 0
+    return even_ranges(0, n, 1 if inner else max(1, min(_workers, n // min_size)))
+
+
+def even_ranges(a: int, b: int, parts: int) -> list[tuple[int, int]]:
+    """``[a, b)`` as ``parts`` contiguous ranges whose lengths differ by at most one (the longer ones first)."""
+    q, r = divmod(b - a, parts)
+    out = []
     for i in range(parts):
-        b = a + q + (i < r)
-        out.append((a, b))
-        a = b
+        out.append((a, a + q + (i < r)))
+        a = out[-1][1]
     return out
 
 

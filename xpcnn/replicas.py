@@ -97,16 +97,6 @@ def why_not(model) -> str | None:
     return None
 
 
-def shards(n: int, parts: int) -> list[tuple[int, int]]:
-    """``[0, n)`` as ``parts`` contiguous shards whose sizes differ by at most one."""
-    q, r = divmod(n, parts)
-    out, a = [], 0
-    for i in range(parts):
-        out.append((a, a + q + (i < r)))
-        a = out[-1][1]
-    return out
-
-
 def processes_for(model, batch: int) -> int:
     """How many processes (this one included) run a batch of ``batch`` samples now; 1: this process alone."""
     if config.get_parallel_mode() != "processes" or parallel._shard is not None:  # not inside a shard's forward
@@ -409,7 +399,7 @@ class Replicas:
         settings = (config.snapshot(), np.geterr())  # the workers compute as this process would
         randoms = [(i, m.source().state_dict()) for i, m in enumerate(model.modules())
                    if m.training and hasattr(m, "source")]  # dropout: every process at the same point
-        self.parts = shards(x.shape[0], len(self.workers) + 1)
+        self.parts = parallel.even_ranges(0, x.shape[0], len(self.workers) + 1)
         msgs = []
         for w, (a, b) in zip(self.workers, self.parts[1:]):
             shard = x[a:b]
