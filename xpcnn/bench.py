@@ -408,7 +408,7 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
             "forward": "eval mode (BatchNorm running stats, no dropout); torch under no_grad",
             "data": "random normal batch placed on the device before timing",
             "timing": "warm-up, synchronize before every clock read, median of repeats; torch interleaved in blocks "
-                      "of half the repeats, each block after one untimed call",
+                      f"of half the repeats, each block after {SETTLE_S * 1e3:g} ms of untimed calls (at least one)",
         }
         live: list[Backend] = []
         for spec in backends:
