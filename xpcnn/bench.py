@@ -44,8 +44,8 @@ SCHEMA = "xpcnn-bench/1"
 LR, MOMENTUM = 0.01, 0.9
 
 #: The keys of each entry of ``results`` in the JSON output (documented in the README).
-RESULT_KEYS = ("framework", "backend", "device", "model", "cpu_parallel", "batch_size", "dtype", "forward_ms", "train_step_ms",
-               "forward_images_per_s", "train_images_per_s", "peak_memory_bytes", "peak_memory_method",
+RESULT_KEYS = ("framework", "backend", "device", "model", "cpu_parallel", "batch_size", "dtype", "forward_ms",
+               "train_step_ms", "forward_images_per_s", "train_images_per_s", "peak_memory_bytes", "peak_memory_method",
                "forward_times_ms", "train_times_ms")
 
 

@@ -139,7 +139,8 @@ def _train(args) -> int:
     loss_fn = CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
     say(f"training {o['model']} ({model.num_parameters():,} parameters) on {o['dataset']} "
-        f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}{describe_parallel(model, o['batch_size'])}, "
+        f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}"
+        f"{describe_parallel(model, o['batch_size'])}, "
         f"{o['optimizer']} lr {o['lr']:g}" + (f", resuming after epoch {start}" if ckpt else ""))
 
     def meta() -> dict:
