@@ -135,7 +135,7 @@ def plan(model, batch: int) -> "Replicas | None":
 
 def _signature(model) -> tuple:
     """What a worker's copy must match: each module (identity, repr), its arrays' shapes and dtypes."""
-    return tuple((id(m), repr(m) if m is not model else "", tuple((tuple(a.shape), str(a.dtype))
+    return tuple((id(m), repr(m) if m is not model else "", tuple((a.shape, a.dtype)
                   for a in _arrays(m))) for m in model.modules())
 
 
