@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError, InputValueError
+
 BACKENDS = ("numpy", "cupy", "array_api_strict", "torch")
 DTYPES = ("float32", "float64")
 
 
-class BackendError(ImportError):
+class BackendError(InputError, ImportError):
     """A backend that exists but cannot be used here (missing package or device)."""
 
 
@@ -39,10 +41,10 @@ def _namespace(name: str):
         try:
             n = cp.cuda.runtime.getDeviceCount()
         except Exception as e:  # CUDA driver missing or broken
-            raise RuntimeError(f"backend 'cupy': CuPy is installed but no CUDA device is usable ({e}); "
+            raise BackendError(f"backend 'cupy': CuPy is installed but no CUDA device is usable ({e}); "
                                "check the NVIDIA driver and `nvidia-smi`") from e
         if n == 0:
-            raise RuntimeError("backend 'cupy': CuPy is installed but no CUDA device was found; check `nvidia-smi`")
+            raise BackendError("backend 'cupy': CuPy is installed but no CUDA device was found; check `nvidia-smi`")
         import array_api_compat.cupy as xp
         return xp, None
     if name == "array_api_strict":
@@ -52,14 +54,14 @@ def _namespace(name: str):
         _import("torch", "pip install torch (optional: used for comparisons)")
         import array_api_compat.torch as xp
         return xp, "cpu"
-    raise ValueError(f"unknown backend {name!r}; valid backends are {', '.join(BACKENDS)}")
+    raise InputValueError(f"unknown backend {name!r}; valid backends are {', '.join(BACKENDS)}")
 
 
 def _resolve_device(name: str, xp, device: Any):
     """Turn a user's device spec (None, str, int, native object) into a native device."""
     if name == "numpy":
         if device not in (None, "cpu"):
-            raise ValueError(f"backend 'numpy' has only the device 'cpu', got {device!r}")
+            raise InputValueError(f"backend 'numpy' has only the device 'cpu', got {device!r}")
         return "cpu"
     if name == "cupy":
         import cupy as cp
@@ -70,7 +72,7 @@ def _resolve_device(name: str, xp, device: Any):
         if isinstance(device, int):
             count = cp.cuda.runtime.getDeviceCount()
             if not 0 <= device < count:
-                raise ValueError(f"backend 'cupy': device {device} does not exist ({count} CUDA device(s) found)")
+                raise InputValueError(f"backend 'cupy': device {device} does not exist ({count} CUDA device(s) found)")
             return cp.cuda.Device(device)
         return device
     if name == "array_api_strict":
@@ -80,14 +82,14 @@ def _resolve_device(name: str, xp, device: Any):
             valid = [d for d in xp.__array_namespace_info__().devices()]
             found = [d for d in valid if str(d) == device or repr(d).endswith(f"('{device}')")]
             if not found:
-                raise ValueError(f"backend 'array_api_strict' has no device {device!r}; valid: {valid}")
+                raise InputValueError(f"backend 'array_api_strict' has no device {device!r}; valid: {valid}")
             return found[0]
         return device
     if name == "torch":
         import torch
         dev = torch.device("cpu" if device is None else device)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("backend 'torch:cuda': torch has no usable CUDA device")
+            raise BackendError("backend 'torch:cuda': torch has no usable CUDA device")
         return dev
     raise AssertionError(name)
 
@@ -105,15 +107,15 @@ class Backend:
             device = name.device if device is None else device
             name = name.name
         if not isinstance(name, str):
-            raise TypeError(f"backend must be a name such as 'numpy' or 'cupy', got {type(name).__name__}")
+            raise InputTypeError(f"backend must be a name such as 'numpy' or 'cupy', got {type(name).__name__}")
         if ":" in name and device is None:
             name, device = name.split(":", 1)
         if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; valid backends are {', '.join(BACKENDS)}")
+            raise InputValueError(f"unknown backend {name!r}; valid backends are {', '.join(BACKENDS)}")
         if dtype not in DTYPES:
             dtype = getattr(dtype, "name", str(dtype))
             if dtype not in DTYPES:
-                raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+                raise InputValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.name = name
         self.xp, _ = _namespace(name)
         self.device = _resolve_device(name, self.xp, device)
@@ -122,7 +124,7 @@ class Backend:
         info = self.xp.__array_namespace_info__()
         supported = info.dtypes(device=self.device, kind="real floating")
         if dtype not in supported:
-            raise ValueError(f"backend {self} does not support {dtype} (it supports {', '.join(supported)})")
+            raise InputValueError(f"backend {self} does not support {dtype} (it supports {', '.join(supported)})")
         self.index_dtype = info.default_dtypes(device=self.device)["indexing"]
 
     def __reduce__(self):
@@ -195,7 +197,7 @@ class Backend:
         name = np.dtype(np_dtype).name
         dt = getattr(self.xp, name, None)
         if dt is None:
-            raise TypeError(f"dtype {name} is not supported by backend {self.spec}")
+            raise InputTypeError(f"dtype {name} is not supported by backend {self.spec}")
         return dt
 
     def zeros(self, shape, dtype: Any = None):
@@ -288,7 +290,7 @@ class UniformSource:
         """Continue the sequence saved by :meth:`state_dict` (of this backend kind)."""
         kind = {"cupy": "replay", "torch": "torch"}.get(self.backend.name, "numpy")
         if state.get("kind") != kind:
-            raise ValueError(f"random state of kind {state.get('kind')!r} cannot be restored on backend "
+            raise InputValueError(f"random state of kind {state.get('kind')!r} cannot be restored on backend "
                              f"{self.backend.spec} (which needs {kind!r})")
         self.seed = int(state["seed"])
         self._reseed()

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import config, parallel, replicas
 from .backend import Backend, get_backend
+from .errors import InputValueError
 from .parity import MODEL_INPUTS
 
 SCHEMA = "xpcnn-bench/1"
@@ -374,11 +375,11 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
     ``parallel`` sets ``config.set_parallel_mode`` for the run (NumPy with more than one thread)."""
     for name in models:
         if name not in MODEL_INPUTS:
-            raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODEL_INPUTS)}")
+            raise InputValueError(f"unknown model {name!r}; valid models are {', '.join(MODEL_INPUTS)}")
     if not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+        raise InputValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+        raise InputValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     report: dict[str, Any] = {"schema": SCHEMA, "results": [], "comparisons": [], "layers": [], "skipped": []}
 
     def skip(what: str, reason: str) -> None:
@@ -526,7 +527,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         raise ImportError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from e
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
     if not models:
-        raise ValueError("nothing to plot: no benchmark results (were all backends skipped?)")
+        raise InputValueError("nothing to plot: no benchmark results (were all backends skipped?)")
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         series: dict[str, list[tuple[int, float]]] = {}

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .backend import to_numpy
+from .errors import InputTypeError, InputValueError
 
 FORMAT = "xpcnn-checkpoint"
 VERSION = 1
@@ -45,7 +46,7 @@ def encode_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] 
     for name, a in tensors.items():
         a = np.asarray(a)
         if a.dtype not in _CODES:
-            raise TypeError(f"checkpoint: tensor {name!r} has unsupported dtype {a.dtype}")
+            raise InputTypeError(f"checkpoint: tensor {name!r} has unsupported dtype {a.dtype}")
         data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
         header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
@@ -58,16 +59,16 @@ def encode_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] 
 def decode_safetensors(raw: bytes, where: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` from safetensors bytes, with every offset checked."""
     if len(raw) < 8:
-        raise ValueError(f"{where}: not a checkpoint (file too short)")
+        raise InputValueError(f"{where}: not a checkpoint (file too short)")
     (n,) = struct.unpack("<Q", raw[:8])
     if n > len(raw) - 8:
-        raise ValueError(f"{where}: not a checkpoint or truncated (header length {n} > file size)")
+        raise InputValueError(f"{where}: not a checkpoint or truncated (header length {n} > file size)")
     try:
         header = json.loads(raw[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{where}: not a checkpoint (unreadable header)") from None
+        raise InputValueError(f"{where}: not a checkpoint (unreadable header)") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{where}: not a checkpoint (header is not a JSON object)")
+        raise InputValueError(f"{where}: not a checkpoint (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
     body = memoryview(raw)[8 + n:]
     tensors = {}
@@ -77,9 +78,9 @@ def decode_safetensors(raw: bytes, where: str = "checkpoint") -> tuple[dict[str,
             begin, end = (int(v) for v in info["data_offsets"])
             shape = tuple(int(d) for d in info["shape"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: bad entry for tensor {name!r}") from None
+            raise InputValueError(f"{where}: bad entry for tensor {name!r}") from None
         if not 0 <= begin <= end <= len(body) or end - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"{where}: tensor {name!r} lies outside the file (truncated checkpoint?)")
+            raise InputValueError(f"{where}: tensor {name!r} lies outside the file (truncated checkpoint?)")
         tensors[name] = np.frombuffer(body[begin:end], dtype).reshape(shape).astype(dtype.newbyteorder("="))
     return tensors, metadata
 
@@ -182,10 +183,10 @@ class Checkpoint:
         try:
             self.meta = json.loads(metadata["xpcnn"])
         except (KeyError, json.JSONDecodeError):
-            raise ValueError(f"{self.path}: a safetensors file, but not an xpcnn checkpoint (no xpcnn metadata)") \
+            raise InputValueError(f"{self.path}: a safetensors file, but not an xpcnn checkpoint (no xpcnn metadata)") \
                 from None
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: not an xpcnn checkpoint")
+            raise InputValueError(f"{self.path}: not an xpcnn checkpoint")
         self.model_state = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
         self.optimizer_tensors = {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
 
@@ -204,16 +205,16 @@ class Checkpoint:
         arch = self.meta.get("architecture")
         mine = getattr(model, "architecture", None)
         if arch and mine and arch != mine:
-            raise ValueError(f"{self.path}: checkpoint of architecture {arch!r}, but the model is {mine!r}")
+            raise InputValueError(f"{self.path}: checkpoint of architecture {arch!r}, but the model is {mine!r}")
         try:
             model.load_state_dict(self.model_state)
         except ValueError as e:
-            raise ValueError(f"{self.path}: checkpoint does not fit this model ({e})") from None
+            raise InputValueError(f"{self.path}: checkpoint does not fit this model ({e})") from None
         load_dropout_states(model, self.meta.get("dropout_rng", {}))
         if optimizer is not None:
             saved = self.meta.get("optimizer", {}).get("class")
             if saved and saved != type(optimizer).__name__:
-                raise ValueError(f"{self.path}: checkpoint optimizer is {saved}, not {type(optimizer).__name__}")
+                raise InputValueError(f"{self.path}: checkpoint optimizer is {saved}, not {type(optimizer).__name__}")
             state = self.optimizer_state()
             if state is not None:
                 optimizer.load_state_dict(state)

@@ -2,7 +2,9 @@
 
 Each sub-command lives in ``xpcnn/commands/<name>.py`` with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Expected failures (bad
-options, missing files, unavailable backends) print one line and exit 2.
+options, malformed or missing files, unavailable backends: ``xpcnn.errors.InputError``
+and ``OSError``) print one line and exit 2; anything else is a bug and keeps its
+traceback. ``--debug`` shows the traceback of expected failures too.
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import sys
 COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info")
 
 
-class CLIError(Exception):
-    """An expected failure: printed as one line, exit status 2."""
+from .errors import InputError
+
+
+class CLIError(InputError):
+    """A bad command line: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="xpcnn", description="Array-API CNNs on NumPy (CPU) or CuPy (GPU).")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -47,9 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xpcnn: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
-        print(f"xpcnn {args.command}: error: {e}", file=sys.stderr)
+    except (InputError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"xpcnn {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e``, with the file an ``OSError`` names."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
 
 
 if __name__ == "__main__":

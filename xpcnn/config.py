@@ -9,6 +9,8 @@ chunk) instead of recomputing it: faster backward, much more memory.
 """
 from __future__ import annotations
 
+from .errors import InputValueError
+
 DEFAULT_WORKSPACE_LIMIT = 16 * 2 ** 20  # bytes, CPU (vgg-small step: peak 257 -> 174 MiB vs 64 MiB, no slower)
 # GPU: every chunk is one more round of kernel launches (vgg-small's 32 -> 32 conv at batch 128: 10 chunks of
 # 14 samples at 16 MiB, one at 512 MiB); a conservative share of a small GPU's memory. Not measured yet: no
@@ -24,7 +26,7 @@ def set_workspace_limit(nbytes: int | None) -> None:
     defaults: 16 MiB on a CPU, 512 MiB on a GPU). At least one sample per chunk."""
     global _workspace_limit
     if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1):
-        raise ValueError(f"workspace limit must be a positive int (bytes), got {nbytes!r}")
+        raise InputValueError(f"workspace limit must be a positive int (bytes), got {nbytes!r}")
     _workspace_limit = nbytes
 
 
@@ -49,7 +51,7 @@ def _choice(value: str | None, choices: tuple, what: str) -> str:
     """``value`` if it is one of ``choices`` (``None``: the first, the default), else a ValueError naming them."""
     value = choices[0] if value is None else value
     if value not in choices:
-        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+        raise InputValueError(f"{what} must be one of {choices}, got {value!r}")
     return value
 
 
@@ -96,7 +98,7 @@ def set_num_threads(n: int | None) -> None:
     follows the BLAS thread count (threadpoolctl), 1 runs every op on the calling thread."""
     global _num_threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"number of threads must be a positive int or None, got {n!r}")
+        raise InputValueError(f"number of threads must be a positive int or None, got {n!r}")
     _num_threads = n
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+from .errors import InputTypeError, InputValueError
 
 
 @dataclass
@@ -31,20 +32,20 @@ class Dataset:
         self.images = np.asarray(self.images)
         self.labels = np.asarray(self.labels)
         if self.images.ndim != 4:
-            raise ValueError(f"{what}: images must be (N, C, H, W), got shape {self.images.shape}")
+            raise InputValueError(f"{what}: images must be (N, C, H, W), got shape {self.images.shape}")
         if self.images.dtype.kind not in "uif":
-            raise TypeError(f"{what}: images must be numeric, got dtype {self.images.dtype}")
+            raise InputTypeError(f"{what}: images must be numeric, got dtype {self.images.dtype}")
         if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
-            raise ValueError(f"{what}: {self.images.shape[0]} images but labels of shape {self.labels.shape}")
+            raise InputValueError(f"{what}: {self.images.shape[0]} images but labels of shape {self.labels.shape}")
         if self.labels.dtype.kind not in "iu":
-            raise TypeError(f"{what}: labels must be integers, got dtype {self.labels.dtype}")
+            raise InputTypeError(f"{what}: labels must be integers, got dtype {self.labels.dtype}")
         if int(self.num_classes) < 2:
-            raise ValueError(f"{what}: num_classes must be >= 2, got {self.num_classes}")
+            raise InputValueError(f"{what}: num_classes must be >= 2, got {self.num_classes}")
         self.num_classes = int(self.num_classes)
         if len(self.labels):
             lo, hi = int(self.labels.min()), int(self.labels.max())
             if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"{what}: labels must be in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]")
+                raise InputValueError(f"{what}: labels must be in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]")
         self.labels = self.labels.astype(np.int64)
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class Normalizer:
         if x.dtype != backend.dtype:
             x = backend.xp.astype(x, backend.dtype)
         if x.shape[1] != a.shape[1]:
-            raise ValueError(f"images have {x.shape[1]} channel(s), the normaliser expects {a.shape[1]}")
+            raise InputValueError(f"images have {x.shape[1]} channel(s), the normaliser expects {a.shape[1]}")
         return x * a + b
 
     def _device_affine(self, backend):
@@ -121,13 +122,13 @@ class DataLoader:
         from .backend import get_backend
 
         if not isinstance(dataset, Dataset):
-            raise TypeError(f"DataLoader expects an xpcnn.data.Dataset, got {type(dataset).__name__}")
+            raise InputTypeError(f"DataLoader expects an xpcnn.data.Dataset, got {type(dataset).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+            raise InputValueError(f"batch size must be a positive integer, got {batch_size!r}")
         if len(dataset) == 0:
-            raise ValueError(f"data set {dataset.name!r} is empty")
+            raise InputValueError(f"data set {dataset.name!r} is empty")
         if batch_size > len(dataset):
-            raise ValueError(f"batch size {batch_size} is larger than the data set {dataset.name!r} "
+            raise InputValueError(f"batch size {batch_size} is larger than the data set {dataset.name!r} "
                              f"({len(dataset)} examples)")
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
@@ -169,7 +170,7 @@ class DataLoader:
         self._epoch_start = state["epoch_start"]
         self.position = int(state["position"])
         if int(state.get("batches", len(self))) != len(self):
-            raise ValueError(f"the saved loader had {state.get('batches')} batches per epoch, this one {len(self)}: "
+            raise InputValueError(f"the saved loader had {state.get('batches')} batches per epoch, this one {len(self)}: "
                              "use the same data set and batch size to resume")
         self._resume = 0 < self.position < len(self)
         if not self._resume:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
+from .errors import InputValueError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "h5")
 DEFAULT_MODELS = {"digits": "digits-cnn", "mnist": "lenet", "fashion-mnist": "lenet", "cifar10": "vgg-small",
@@ -31,7 +32,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset]:
     """``(train, test)`` of the named data set; raises ValueError/OSError with one clear line on bad input."""
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
+        raise InputValueError(f"unknown data set {name!r}; valid data sets are {', '.join(DATASETS)}")
     if name == "digits":
         return load_digits()
     if name in ("mnist", "fashion-mnist"):
@@ -39,13 +40,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     if name == "cifar10":
         return load_cifar10(_need_dir(name, data_dir))
     if data_dir is None:
-        raise ValueError("data set 'h5' needs --data-dir FILE.h5")
+        raise InputValueError("data set 'h5' needs --data-dir FILE.h5")
     return load_h5(data_dir)
 
 
 def _need_dir(name: str, data_dir) -> Path:
     if data_dir is None:
-        raise ValueError(f"data set {name!r} needs --data-dir DIR (nothing is downloaded)")
+        raise InputValueError(f"data set {name!r} needs --data-dir DIR (nothing is downloaded)")
     path = Path(data_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"data directory {str(path)!r} does not exist or is not a directory")
@@ -59,7 +60,7 @@ def _find_dir(name: str, data_dir) -> Path:
         if Path(d).is_dir():
             return Path(d)
     hint = " or install Debian's dataset-fashion-mnist" if name == "fashion-mnist" else ""
-    raise ValueError(f"data set {name!r} needs --data-dir DIR with the IDX files{hint} (nothing is downloaded)")
+    raise InputValueError(f"data set {name!r} needs --data-dir DIR with the IDX files{hint} (nothing is downloaded)")
 
 
 # -- digits ---------------------------------------------------------------
@@ -101,7 +102,7 @@ def load_idx_dataset(directory: str | os.PathLike, name: str = "mnist") -> tuple
         images = read_idx(_idx_path(directory, img_name))
         labels = read_idx(_idx_path(directory, lbl_name))
         if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(f"{directory}: {split} images must be 3-D and labels 1-D IDX arrays, "
+            raise InputValueError(f"{directory}: {split} images must be 3-D and labels 1-D IDX arrays, "
                              f"got {images.shape} and {labels.shape}")
         out.append(Dataset(images[:, None], labels, 10, 255.0, name, names))
     return out[0], out[1]
@@ -126,17 +127,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path}: cannot read IDX file ({e})") from None
+        raise InputValueError(f"{path}: cannot read IDX file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (wrong magic number {raw[:4].hex() or 'empty'})")
+        raise InputValueError(f"{path}: not an IDX file (wrong magic number {raw[:4].hex() or 'empty'})")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise InputValueError(f"{path}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: IDX file is {'truncated' if len(raw) < expected else 'too long'}: "
+        raise InputValueError(f"{path}: IDX file is {'truncated' if len(raw) < expected else 'too long'}: "
                          f"{len(raw)} bytes for shape {dims}, expected {expected}")
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -170,9 +171,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d[b"data"] if b"data" in d else d["data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"] if b"labels" in d else d["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        raise InputValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
+        raise InputValueError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -206,12 +207,12 @@ def load_h5(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("train_set_x", "train_set_y", "test_set_x", "test_set_y") if k not in f]
             if missing:
-                raise ValueError(f"{path}: missing data set(s) {', '.join(missing)}")
+                raise InputValueError(f"{path}: missing data set(s) {', '.join(missing)}")
             arrays = {k: np.asarray(f[k]) for k in ("train_set_x", "train_set_y", "test_set_x", "test_set_y")}
             names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in f["list_classes"][()]) \
                 if "list_classes" in f else None
     except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+        raise InputValueError(f"{path}: not a readable HDF5 file ({e})") from None
     ys = [arrays["train_set_y"].reshape(-1), arrays["test_set_y"].reshape(-1)]
     num_classes = len(names) if names else max(2, int(max(y.max(initial=0) for y in ys)) + 1)
     out = []
@@ -220,7 +221,7 @@ def load_h5(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim != 4:
-            raise ValueError(f"{path}: {split}_set_x must be (N, H, W, C) or (N, H, W), got {x.shape}")
+            raise InputValueError(f"{path}: {split}_set_x must be (N, H, W, C) or (N, H, W), got {x.shape}")
         scale = 255.0 if x.dtype.kind in "ui" else float(max(1.0, x.max(initial=1.0)))
         out.append(Dataset(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y.astype(np.int64), num_classes, scale,
                            path.stem, names))

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GlobalAvgPool2d
 from .model import Sequential
+from .errors import InputValueError
 
 
 def digits_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8) -> list:
@@ -20,7 +21,7 @@ def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> 
     pad = 2 if image_size == 28 else 0
     side = ((image_size + 2 * pad - 4) // 2 - 4) // 2
     if side < 1:
-        raise ValueError(f"lenet needs images of at least 28x28 (or 32x32), got {image_size}x{image_size}")
+        raise InputValueError(f"lenet needs images of at least 28x28 (or 32x32), got {image_size}x{image_size}")
     return [Conv2d(in_channels, 6, 5, padding=pad), ReLU(), MaxPool2d(2),
             Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
             Flatten(), Linear(16 * side * side, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, num_classes)]
@@ -29,7 +30,7 @@ def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> 
 def vgg_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
     """VGG-style for 32x32 colour images: three conv-bn-relu pairs of blocks (32, 64, 128), each pooled."""
     if image_size % 8:
-        raise ValueError(f"vgg-small needs an image size divisible by 8, got {image_size}")
+        raise InputValueError(f"vgg-small needs an image size divisible by 8, got {image_size}")
     layers: list = []
     c = in_channels
     for width in (32, 64, 128):
@@ -58,7 +59,7 @@ MODELS: dict[str, Callable[..., list]] = {
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> Sequential:
     """``build_model("lenet", 1, 10, 28, backend="numpy", dtype="float32", seed=0)``."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
+        raise InputValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
     model = Sequential(*MODELS[name](in_channels, num_classes, image_size), **kwargs)
     model.architecture = name  # checkpoints record it, and refuse to load into another architecture
     return model

@@ -12,6 +12,7 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .backend import asarray_like, device_context, to_numpy
+from .errors import InputTypeError, InputValueError
 from .layers.module import Parameter
 
 
@@ -21,13 +22,13 @@ class Optimizer:
     def __init__(self, params: Iterable[Parameter], lr: float):
         self.params = list(params)
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+            raise InputValueError(f"{type(self).__name__}: got an empty parameter list")
         for p in self.params:
             if not isinstance(p, Parameter):
-                raise TypeError(f"{type(self).__name__}: expected xpcnn Parameters (model.parameters()), "
+                raise InputTypeError(f"{type(self).__name__}: expected xpcnn Parameters (model.parameters()), "
                                 f"got {type(p).__name__}")
         if not lr >= 0.0:
-            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
+            raise InputValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
         self.lr = float(lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.steps = 0
@@ -73,7 +74,7 @@ class Optimizer:
             i, name = key.split(".", 1)
             i = int(i)
             if not 0 <= i < len(self.params) or tuple(value.shape) != self.params[i].shape:
-                raise ValueError(f"optimizer state {key!r} does not match the parameters "
+                raise InputValueError(f"optimizer state {key!r} does not match the parameters "
                                  f"(shape {tuple(value.shape)})")
             self.state[i][name] = _move_like(value, self.params[i].data)
 
@@ -90,9 +91,9 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
         if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+            raise InputValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+            raise InputValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
 
@@ -122,7 +123,7 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         b1, b2 = betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or eps < 0 or weight_decay < 0:
-            raise ValueError(f"{type(self).__name__}: invalid betas={betas}, eps={eps} or weight_decay={weight_decay}")
+            raise InputValueError(f"{type(self).__name__}: invalid betas={betas}, eps={eps} or weight_decay={weight_decay}")
         self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
 
     def _update(self, i, p):

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .backend import Backend, get_backend, to_numpy
+from .errors import InputValueError
 
 #: Largest accepted ``max_rel`` per dtype (see the module docstring for why).
 TOLERANCES: dict[str, float] = {"float64": 1e-10, "float32": 1e-4}
@@ -147,13 +148,13 @@ def use_host_dropout(backend: Backend) -> Backend:
 
 def _tolerance(dtype: str, rtol: float | None) -> float:
     if dtype not in TOLERANCES:
-        raise ValueError(f"dtype must be one of {tuple(TOLERANCES)}, got {dtype!r}")
+        raise InputValueError(f"dtype must be one of {tuple(TOLERANCES)}, got {dtype!r}")
     return TOLERANCES[dtype] if rtol is None else float(rtol)
 
 
 def _pair_of_backends(backends: Sequence[str], dtype: str) -> tuple[Backend, Backend]:
     if len(backends) != 2:
-        raise ValueError(f"parity compares exactly two backends, got {list(backends)}")
+        raise InputValueError(f"parity compares exactly two backends, got {list(backends)}")
     return get_backend(backends[0], dtype), get_backend(backends[1], dtype)
 
 
@@ -165,7 +166,7 @@ def build_pair(model: str, backends: Sequence[str], dtype: str = "float64", seed
     from .models import build_model
 
     if model not in MODEL_INPUTS:
-        raise ValueError(f"unknown model {model!r}; valid models are {', '.join(MODEL_INPUTS)}")
+        raise InputValueError(f"unknown model {model!r}; valid models are {', '.join(MODEL_INPUTS)}")
     ba, bb = _pair_of_backends(backends, dtype)
     c, size, classes = MODEL_INPUTS[model]
     ma = build_model(model, c, classes, size, backend=ba, dtype=dtype, seed=seed)
@@ -199,9 +200,9 @@ def compare_models(backends: Sequence[str] = ("numpy", "array_api_strict"), mode
 
     tol = _tolerance(dtype, rtol)
     if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (BatchNorm needs it), got {batch_size}")
+        raise InputValueError(f"batch_size must be >= 2 (BatchNorm needs it), got {batch_size}")
     if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+        raise InputValueError(f"steps must be >= 0, got {steps}")
     ma, mb = build_pair(model, backends, dtype, seed)
     report = ParityReport((ma.backend.spec, mb.backend.spec), dtype, tol,
                           f"model {model}, batch {batch_size}, seed {seed}, 1+{steps} steps")

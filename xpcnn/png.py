@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from .errors import InputValueError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
@@ -22,7 +23,7 @@ def _chunks(data: bytes, path: str):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
         if len(body) != length:
-            raise ValueError(f"{path}: truncated PNG ({kind.decode('latin-1')} chunk)")
+            raise InputValueError(f"{path}: truncated PNG ({kind.decode('latin-1')} chunk)")
         yield kind, body
         pos += 12 + length
 
@@ -54,7 +55,7 @@ def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> np.ndarray:
                     pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
                 cur[i] = (line[i] + pred) & 0xFF
         else:
-            raise ValueError(f"unknown PNG filter type {ftype} in row {y}")
+            raise InputValueError(f"unknown PNG filter type {ftype} in row {y}")
         out[y] = cur
         prev = cur
     return out
@@ -65,7 +66,7 @@ def read_png(path: str | Path) -> np.ndarray:
     path = str(path)
     data = Path(path).read_bytes()
     if not data.startswith(SIGNATURE):
-        raise ValueError(f"{path}: not a PNG file")
+        raise InputValueError(f"{path}: not a PNG file")
     header, palette, idat = None, None, []
     for kind, body in _chunks(data, path):
         if kind == b"IHDR":
@@ -77,20 +78,20 @@ def read_png(path: str | Path) -> np.ndarray:
         elif kind == b"IEND":
             break
     if header is None or not idat:
-        raise ValueError(f"{path}: PNG without image data")
+        raise InputValueError(f"{path}: PNG without image data")
     width, height, depth, colour, _, _, interlace = header
     if colour not in _CHANNELS or depth not in (8, 16) or (colour == 3 and depth != 8):
-        raise ValueError(f"{path}: unsupported PNG (colour type {colour}, {depth} bits); save it as 8-bit grey or RGB")
+        raise InputValueError(f"{path}: unsupported PNG (colour type {colour}, {depth} bits); save it as 8-bit grey or RGB")
     if interlace:
-        raise ValueError(f"{path}: interlaced PNGs are not supported; save it without interlacing")
+        raise InputValueError(f"{path}: interlaced PNGs are not supported; save it without interlacing")
     channels = _CHANNELS[colour]
     bpp = channels * depth // 8
     try:
         raw = zlib.decompress(b"".join(idat))
     except zlib.error as e:
-        raise ValueError(f"{path}: corrupt PNG data ({e})") from None
+        raise InputValueError(f"{path}: corrupt PNG data ({e})") from None
     if len(raw) != height * (width * bpp + 1):
-        raise ValueError(f"{path}: corrupt PNG data (expected {height * (width * bpp + 1)} bytes, got {len(raw)})")
+        raise InputValueError(f"{path}: corrupt PNG data (expected {height * (width * bpp + 1)} bytes, got {len(raw)})")
     pixels = _unfilter(raw, height, width * bpp, bpp)
     if depth == 16:
         img = pixels.view(">u2").reshape(height, width, channels) / 65535.0
@@ -98,7 +99,7 @@ def read_png(path: str | Path) -> np.ndarray:
         img = pixels.reshape(height, width, channels) / 255.0
     if colour == 3:
         if palette is None:
-            raise ValueError(f"{path}: palette PNG without a palette")
+            raise InputValueError(f"{path}: palette PNG without a palette")
         img = palette[pixels.reshape(height, width)] / 255.0
     return img
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .backend import to_numpy
+from .errors import InputValueError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,7 +115,7 @@ def evaluate(model, loss_fn, data: Iterable) -> dict[str, float]:
     finally:
         model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate: no data")
+        raise InputValueError("evaluate: no data")
     return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
 
 
@@ -131,7 +132,7 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
     ``optimizer.lr`` before each epoch.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        raise InputValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     backend = model.backend
     if log_every is None:
         log_every = 20 if backend.is_gpu else 1

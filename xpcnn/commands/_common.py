@@ -9,6 +9,7 @@ from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
 from ..models import MODELS, build_model
+from ..errors import InputValueError
 
 
 def add_backend_arguments(parser) -> None:
@@ -36,7 +37,7 @@ def load_data(name: str, data_dir: str | None, limit: int | None) -> tuple[Datas
     train, test = load_dataset(name, data_dir)
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
+            raise InputValueError(f"--limit must be >= 1, got {limit}")
         train, test = train.subset(limit), test.subset(limit)
     return train, test
 
@@ -45,10 +46,10 @@ def make_model(name: str | None, dataset: str, shape: tuple[int, int, int], num_
                dtype: str, seed: int):
     name = name or DEFAULT_MODELS[dataset]
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
+        raise InputValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
     c, h, w = shape
     if h != w:
-        raise ValueError(f"model {name!r} needs square images, the data set has {h}x{w}")
+        raise InputValueError(f"model {name!r} needs square images, the data set has {h}x{w}")
     return build_model(name, c, num_classes, h, backend=backend, dtype=dtype, seed=seed), \
         {"in_channels": c, "num_classes": num_classes, "image_size": h}
 
@@ -57,10 +58,10 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
     """Rebuild the saved architecture on ``backend`` and load the weights."""
     arch, args = ckpt.meta.get("architecture"), ckpt.meta.get("model_args")
     if not arch or not args:
-        raise ValueError(f"{ckpt.path}: the checkpoint does not name its architecture (saved from Python?); "
+        raise InputValueError(f"{ckpt.path}: the checkpoint does not name its architecture (saved from Python?); "
                          "load it with xpcnn.load_checkpoint(path, model)")
     if arch not in MODELS:
-        raise ValueError(f"{ckpt.path}: unknown architecture {arch!r}; valid models are {', '.join(MODELS)}")
+        raise InputValueError(f"{ckpt.path}: unknown architecture {arch!r}; valid models are {', '.join(MODELS)}")
     model = build_model(arch, args["in_channels"], args["num_classes"], args["image_size"],
                         backend=backend or "numpy", dtype=ckpt.meta.get("dtype", "float32"))
     ckpt.load_into(model)

@@ -8,6 +8,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..checkpoint import Checkpoint
 from ._common import add_backend_arguments, blas_threads, model_from_checkpoint
+from ..errors import InputValueError
 
 HELP = "predict the class of an image (PNG) or a .npy array with a checkpoint"
 
@@ -30,13 +31,13 @@ def load_input(path: str, channels: int, size: int, scale: float) -> np.ndarray:
         try:
             x = np.load(p, allow_pickle=False)
         except ValueError as e:
-            raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+            raise InputValueError(f"{path}: not a readable .npy array ({e})") from None
         if x.ndim == 2:
             x = x[None, None]
         elif x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[1:] != (channels, size, size):
-            raise ValueError(f"{path}: expected an array of shape ({size}, {size}), ({channels}, {size}, {size}) "
+            raise InputValueError(f"{path}: expected an array of shape ({size}, {size}), ({channels}, {size}, {size}) "
                              f"or (N, {channels}, {size}, {size}), got {x.shape}")
         return x
     from ..png import read_png, to_model_input

@@ -20,6 +20,7 @@ from ..layers import CrossEntropyLoss
 from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
 from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
                       make_model)
+from ..errors import InputValueError
 
 HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 seconds on a CPU)"
 
@@ -63,9 +64,9 @@ def resolve_options(args, saved: dict | None) -> dict:
         opts["lr"] = DEFAULT_LR[opts["optimizer"]]
     for key in ("epochs", "batch_size"):
         if opts[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
+            raise InputValueError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
     if not opts["lr"] > 0 or opts["weight_decay"] < 0:
-        raise ValueError(f"--lr must be > 0 and --weight-decay >= 0, got {opts['lr']} and {opts['weight_decay']}")
+        raise InputValueError(f"--lr must be > 0 and --weight-decay >= 0, got {opts['lr']} and {opts['weight_decay']}")
     return opts
 
 
