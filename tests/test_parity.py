@@ -158,12 +158,17 @@ def test_parity_without_a_gpu_says_what_to_run_instead(capsys):
 
 
 def test_dropout_masks_are_shared_for_parity():
-    """Same masks on both sides: the outputs are bit-identical (NumPy's fast kernels off, so that both sides
-    do the same arithmetic; its batch-norm kernels sum in another order)."""
+    """Same masks on both sides: every dropout layer keeps the same values, bit for bit (the masks are host
+    draws, independent of the thread count and summation order), so the outputs agree to float32 rounding.
+    The outputs themselves are not compared bit for bit: NumPy's GEMMs sum in another order when the batch is
+    split over threads."""
     ma, mb = parity.build_pair("vgg-small", ("numpy", "array_api_strict:device1"), "float32")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
-    xpcnn.config.set_fast_paths(False)
-    try:
-        np.testing.assert_array_equal(xpcnn.to_numpy(ma(x)), xpcnn.to_numpy(mb(x)))
-    finally:
-        xpcnn.config.set_fast_paths(True)
+    ya, yb = xpcnn.to_numpy(ma(x)), xpcnn.to_numpy(mb(x))
+    drops = [(a, b) for a, b in zip(ma, mb) if isinstance(a, xpcnn.Dropout)]
+    assert drops and all(a._ctx is not None for a, _ in drops), "vgg-small trains with dropout"
+    for a, b in drops:
+        keep = xpcnn.to_numpy(a._ctx)
+        assert 0 < keep.mean() < 1
+        np.testing.assert_array_equal(keep, xpcnn.to_numpy(b._ctx))
+    np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-5 * np.abs(ya).max())
