@@ -6,6 +6,7 @@ follows them: after ``model.to(...)`` the next ``step()`` moves it along.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 import numpy as np
@@ -14,6 +15,19 @@ from array_api_compat import array_namespace, device
 from .backend import asarray_like, device_context, to_numpy
 from .errors import InputTypeError, InputValueError
 from .layers.module import Parameter
+
+
+def hyperparameter(owner, name: str, value, minimum: float | None = 0.0, below: float | None = None) -> float:
+    """``value`` as a float; refused (naming ``owner`` and ``name``) unless a finite real in [minimum, below)."""
+    who = type(owner).__name__
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputTypeError(f"{who}: {name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (math.isfinite(v) and (minimum is None or v >= minimum) and (below is None or v < below)):
+        where = "" if minimum is None and below is None else \
+            f" >= {minimum:g}" if below is None else f" in [{minimum:g}, {below:g})"
+        raise InputValueError(f"{who}: {name} must be a finite number{where}, got {value}")
+    return v
 
 
 class Optimizer:
@@ -27,9 +41,7 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise InputTypeError(f"{type(self).__name__}: expected xpcnn Parameters (model.parameters()), "
                                 f"got {type(p).__name__}")
-        if not lr >= 0.0:
-            raise InputValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = hyperparameter(self, "lr", lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.steps = 0
 
@@ -90,12 +102,12 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise InputValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
+        self.momentum, self.weight_decay = hyperparameter(self, "momentum", momentum), \
+            hyperparameter(self, "weight_decay", weight_decay)
+        self.dampening = hyperparameter(self, "dampening", dampening, minimum=None)
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise InputValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
-        self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.nesterov = bool(nesterov)
 
     def _update(self, i, p):
         g = p.grad
@@ -121,10 +133,11 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or eps < 0 or weight_decay < 0:
-            raise InputValueError(f"{type(self).__name__}: invalid betas={betas}, eps={eps} or weight_decay={weight_decay}")
-        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise InputValueError(f"{type(self).__name__}: betas must be a pair of numbers, got {betas!r}")
+        self.betas = tuple(hyperparameter(self, f"betas[{i}]", b, below=1.0) for i, b in enumerate(betas))
+        self.eps, self.weight_decay = hyperparameter(self, "eps", eps), \
+            hyperparameter(self, "weight_decay", weight_decay)
 
     def _update(self, i, p):
         b1, b2 = self.betas

@@ -28,16 +28,23 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(f"loss is {value} at epoch {epoch}, step {step}: training stopped "
-                         "(try a smaller --lr); the last checkpoint saved before it is kept")
+                         "(try a smaller learning rate)")
         self.epoch, self.step, self.value = epoch, step, value
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C arrived; training stopped after a whole step. ``epoch`` is the epoch in progress (1-based)."""
+    """Ctrl-C arrived; training stopped after a whole step. ``epoch`` is the epoch in progress (1-based).
 
-    def __init__(self, epoch: int, step: int):
+    ``tally`` holds that epoch's sums so far (:data:`TALLY_KEYS`): save it beside the loader's position and
+    pass it back as ``fit(..., initial_tally=)`` so that the resumed epoch reports what an uninterrupted one
+    would (``None`` when the stop came at an epoch boundary)."""
+
+    def __init__(self, epoch: int, step: int, tally: dict | None = None):
         super().__init__(f"interrupted in epoch {epoch} after step {step}")
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.tally = epoch, step, tally
+
+
+TALLY_KEYS = ("loss_sum", "correct", "seen", "seconds")  # an epoch's running sums, saved on an interrupt
 
 
 class Progress:
@@ -122,14 +129,15 @@ def evaluate(model, loss_fn, data: Iterable) -> dict[str, float]:
 def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterable | None = None,
         callbacks: Iterable[Callable[[dict], Any]] = (), initial_epoch: int = 0, log_every: int | None = None,
         progress: bool | None = None, catch_sigint: bool = True,
-        lr_schedule: Callable[[int], float] | None = None) -> list[dict]:
+        lr_schedule: Callable[[int], float] | None = None, initial_tally: dict | None = None) -> list[dict]:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``; returns one record per epoch.
 
     ``train_data`` yields ``(x, y)`` batches on the model's device (a DataLoader). Each record has
     ``epoch``, ``train_loss``, ``train_accuracy``, ``test_loss``/``test_accuracy`` (when ``val_data``),
     ``seconds``, ``images_per_second`` and ``backend``; every callback is called with it after the epoch.
     ``lr_schedule(epoch)`` (a function of the epoch only, so resuming needs no extra state) sets
-    ``optimizer.lr`` before each epoch.
+    ``optimizer.lr`` before each epoch. ``initial_tally`` continues the sums of an epoch that was
+    interrupted mid-way (:attr:`TrainingInterrupted.tally`; used only when ``train_data`` resumes mid-epoch).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise InputValueError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -143,7 +151,9 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
         for epoch in range(initial_epoch + 1, epochs + 1):
             if lr_schedule is not None:
                 optimizer.lr = float(lr_schedule(epoch))
-            record = _train_epoch(model, optimizer, loss_fn, train_data, epoch, epochs, log_every, progress, flag)
+            record = _train_epoch(model, optimizer, loss_fn, train_data, epoch, epochs, log_every, progress, flag,
+                                  initial_tally)
+            initial_tally = None
             if val_data is not None:
                 ev = evaluate(model, loss_fn, val_data)
                 record["test_loss"], record["test_accuracy"] = ev["loss"], ev["accuracy"]
@@ -160,15 +170,46 @@ def cosine_schedule(lr: float, epochs: int, min_lr: float = 0.0) -> Callable[[in
     return lambda epoch: min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
 
 
-def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, progress, flag) -> dict:
+class _Tally:
+    """An epoch's running sums. Each step's values are added one at a time, in step order, so the sums do not
+    depend on how the steps were grouped into read-backs (a resumed epoch equals an uninterrupted one)."""
+
+    def __init__(self, saved: dict | None = None):
+        saved = dict.fromkeys(TALLY_KEYS, 0) if saved is None else saved
+        if not isinstance(saved, dict) or not all(_is_count(saved.get(k)) for k in TALLY_KEYS):
+            raise InputValueError(f"initial_tally must map {', '.join(TALLY_KEYS)} to non-negative numbers, "
+                                  f"got {saved!r}")
+        self.loss_sum, self.correct, self.seen = float(saved["loss_sum"]), float(saved["correct"]), int(saved["seen"])
+        self.earlier = float(saved["seconds"])  # seconds spent on this epoch before the resume
+
+    def drain(self, pending: list, epoch: int, step: int) -> float:
+        """Read back the pending steps (one transfer), add them; return the last step's mean loss."""
+        values, sizes = _read_back(pending, epoch, step)
+        for (loss, correct), b in zip(values.tolist(), sizes):
+            self.loss_sum += loss
+            self.correct += correct
+            self.seen += b
+        pending.clear()
+        return values[-1, 0] / sizes[-1]
+
+    def state(self, seconds: float) -> dict:
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                "seconds": self.earlier + seconds}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, progress, flag, saved) -> dict:
     backend = model.backend
     model.train()
     total = len(data) if hasattr(data, "__len__") else 0
     first = getattr(data, "position", 0) if getattr(data, "_resume", False) else 0
     bar = Progress(total, f"epoch {epoch}/{epochs}", progress)
     pending: list = []          # per-step losses not yet read back
-    loss_sum = correct = 0.0
-    seen = 0
+    tally = _Tally(saved if first else None)
+    images = 0                  # this call's, for the progress bar's rate
     last_loss = None
     backend.synchronize()
     t0 = time.perf_counter()
@@ -183,37 +224,36 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             optimizer.step()
             b = int(y.shape[0])
             pending.append((loss * b, _xp_sum_correct(logits, y), b))
-            seen += b
+            images += b
             if len(pending) >= log_every or step == total:
-                last_loss, s, c = _drain(pending, epoch, step)
-                loss_sum += s
-                correct += c
-                bar.update(step, seen, last_loss)
+                last_loss = tally.drain(pending, epoch, step)
+                bar.update(step, images, last_loss)
             if flag.get("stop"):
-                raise TrainingInterrupted(epoch, step)
+                if pending:
+                    tally.drain(pending, epoch, step)
+                raise TrainingInterrupted(epoch, step, tally.state(time.perf_counter() - t0))
         if pending:
-            last_loss, s, c = _drain(pending, epoch, step)
-            loss_sum += s
-            correct += c
+            tally.drain(pending, epoch, step)
     finally:
         bar.close()
     backend.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9), "backend": backend.spec}
+    if not tally.seen:
+        raise InputValueError("fit: the training data yielded no batch")
+    seconds = tally.state(time.perf_counter() - t0)["seconds"]
+    return {"epoch": epoch, "train_loss": tally.loss_sum / tally.seen, "train_accuracy": tally.correct / tally.seen,
+            "seconds": seconds, "images_per_second": tally.seen / max(seconds, 1e-9), "backend": backend.spec}
 
 
-def _drain(pending: list, epoch: int, step: int) -> tuple[float, float, float]:
-    """One read-back of the pending per-step values; raise at the first non-finite loss."""
+def _read_back(pending: list, epoch: int, step: int) -> tuple[np.ndarray, list[int]]:
+    """The pending per-step (loss x batch, correct) pairs as one host array; raise at the first non-finite loss."""
     from array_api_compat import array_namespace
 
     xp = array_namespace(pending[0][0])
     values = to_numpy(xp.stack([xp.stack([xp.astype(l, c.dtype) if l.dtype != c.dtype else l, c])
                                 for l, c, _ in pending]))
-    sizes = np.array([b for _, _, b in pending], dtype=np.float64)
+    sizes = [b for _, _, b in pending]
     bad = np.flatnonzero(~np.isfinite(values[:, 0]))
     if bad.size:
         i = int(bad[0])
         raise NonFiniteLossError(epoch, step - len(pending) + 1 + i, float(values[i, 0] / sizes[i]))
-    pending.clear()
-    return float(values[-1, 0] / sizes[-1]), float(np.sum(values[:, 0])), float(np.sum(values[:, 1]))  # host NumPy
+    return values, sizes

@@ -40,6 +40,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import math
 
     from ..cli import CLIError
     from ..parity import compare_layers, compare_models, compare_ops
@@ -49,6 +50,10 @@ def run(args) -> int:
         raise CLIError(f"--backends takes exactly two backends, e.g. numpy,cupy; got {args.backends!r}")
     if args.steps < 0 or args.batch_size < 2:
         raise CLIError("--steps must be >= 0 and --batch-size >= 2")
+    if args.rtol is not None and not (math.isfinite(args.rtol) and args.rtol >= 0):
+        raise CLIError(f"--rtol must be a finite number >= 0, got {args.rtol}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise CLIError(f"--seed must be in 0 .. 2**63 - 1, got {args.seed}")
     from ..backend import Backend
     for name in backends:
         try:

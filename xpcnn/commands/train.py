@@ -7,6 +7,7 @@ win), weights, optimizer and RNG state, and continues exactly where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,9 +27,9 @@ HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 sec
 
 DEFAULTS = {"backend": "numpy", "dataset": "digits", "data_dir": None, "model": None, "epochs": 20,
             "batch_size": 32, "optimizer": "sgd", "lr": None, "weight_decay": 5e-4, "seed": 0,
-            "dtype": "float32", "limit": None}
+            "dtype": "float32", "limit": None, "threads": None}
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-OPTIONS = tuple(DEFAULTS)  # saved in checkpoints, restored by --resume
+OPTIONS = tuple(DEFAULTS)  # saved in checkpoints, restored by --resume (so are the threads: same bits on resume)
 
 
 def add_arguments(parser) -> None:
@@ -60,13 +61,21 @@ def resolve_options(args, saved: dict | None) -> dict:
         if value is None and saved is not None:
             value = saved.get(key)
         opts[key] = DEFAULTS[key] if value is None else value
+    if args.data_dir is not None:  # stored absolute: evaluate and resume work from any directory
+        opts["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
     if opts["lr"] is None:
         opts["lr"] = DEFAULT_LR[opts["optimizer"]]
     for key in ("epochs", "batch_size"):
         if opts[key] < 1:
             raise InputValueError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
-    if not opts["lr"] > 0 or opts["weight_decay"] < 0:
-        raise InputValueError(f"--lr must be > 0 and --weight-decay >= 0, got {opts['lr']} and {opts['weight_decay']}")
+    if not (math.isfinite(opts["lr"]) and opts["lr"] > 0):
+        raise InputValueError(f"--lr must be a finite number > 0, got {opts['lr']}")
+    if not (math.isfinite(opts["weight_decay"]) and opts["weight_decay"] >= 0):
+        raise InputValueError(f"--weight-decay must be a finite number >= 0, got {opts['weight_decay']}")
+    if not 0 <= opts["seed"] < 2 ** 63:
+        raise InputValueError(f"--seed must be in 0 .. 2**63 - 1, got {opts['seed']}")
+    if opts["threads"] is not None and opts["threads"] < 0:
+        raise InputValueError(f"--threads must be >= 0, got {opts['threads']}")
     return opts
 
 
@@ -108,19 +117,17 @@ def write_plot(path: str, history: list[dict]) -> None:
 
 
 def run(args) -> int:
-    if args.threads is not None and args.threads < 0:
-        raise CLIError(f"--threads must be >= 0, got {args.threads}")
     _check_plot_available(args.plot)
-    with blas_threads(args.threads, args.parallel):
-        return _train(args)
-
-
-def _train(args) -> int:
     ckpt = Checkpoint(args.resume) if args.resume else None
     saved = ckpt.meta.get("options") if ckpt else None
-    if ckpt is not None and saved is None:
+    if ckpt is not None and not isinstance(saved, dict):
         raise CLIError(f"{args.resume}: this checkpoint was not written by `xpcnn train`; resume it from Python")
     o = resolve_options(args, saved)
+    with blas_threads(o["threads"], args.parallel):
+        return _train(args, ckpt, o)
+
+
+def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
     train_set, test_set = load_data(o["dataset"], o["data_dir"], o["limit"])
     model, model_args = make_model(o["model"], o["dataset"], train_set.shape, train_set.num_classes, o["backend"],
                                    o["dtype"], o["seed"])
@@ -137,6 +144,11 @@ def _train(args) -> int:
         start, history = ckpt.epoch, list(ckpt.meta.get("history", []))
         if start >= o["epochs"] and train_loader.position == 0:
             raise CLIError(f"{args.resume} already holds {start} epoch(s); pass a larger --epochs to continue")
+        planned = ckpt.meta["options"].get("epochs")
+        if planned != o["epochs"] and not args.quiet:
+            print(f"xpcnn train: note: {args.resume} was planned for {planned} epochs; the learning rate follows a "
+                  f"cosine over {o['epochs']} from epoch {start + 1} on (the same bits as one run only with the "
+                  f"same --epochs)", file=sys.stderr)
     loss_fn = CrossEntropyLoss()
     say = (lambda *a: None) if args.quiet else print
     say(f"training {o['model']} ({model.num_parameters():,} parameters) on {o['dataset']} "
@@ -149,9 +161,10 @@ def _train(args) -> int:
                 "normalizer": normalizer.to_dict(), "class_names": list(train_set.class_names or []),
                 "history": history}
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, tally: dict | None = None) -> None:
         if args.checkpoint:
-            save_checkpoint(args.checkpoint, model, opt, epoch=epoch, loader=train_loader, metadata=meta())
+            extra = {"epoch_tally": tally} if tally is not None else {}
+            save_checkpoint(args.checkpoint, model, opt, epoch=epoch, loader=train_loader, metadata=meta() | extra)
 
     def on_epoch(record: dict) -> None:
         history.append(record)
@@ -168,13 +181,19 @@ def _train(args) -> int:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported once, below
             fit(model, opt, loss_fn, train_loader, epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch],
                 initial_epoch=start, progress=False if args.quiet else None,
-                lr_schedule=cosine_schedule(o["lr"], o["epochs"]))
+                lr_schedule=cosine_schedule(o["lr"], o["epochs"]),
+                initial_tally=ckpt.meta.get("epoch_tally") if ckpt is not None else None)
     except NonFiniteLossError as e:
-        kept = f"; {args.checkpoint} still holds epoch {history[-1]['epoch']}" if args.checkpoint and history else ""
-        raise CLIError(f"{e}{kept}") from None
+        if not args.checkpoint:
+            kept = "nothing saved (no --checkpoint)"
+        elif history:
+            kept = f"{args.checkpoint} still holds epoch {history[-1]['epoch']}"
+        else:
+            kept = f"no epoch finished, {args.checkpoint} not written"
+        raise CLIError(f"{e}; {kept}") from None
     except TrainingInterrupted as e:
         if args.checkpoint:
-            save(e.epoch - 1)
+            save(e.epoch - 1, e.tally)
             print(f"xpcnn train: {e}; saved {args.checkpoint} (continue with --resume {args.checkpoint})",
                   file=sys.stderr)
         else:
