@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info")
@@ -67,5 +68,15 @@ def _one_line(e: BaseException) -> str:
     return str(e)
 
 
+def entry() -> None:
+    """The ``xpcnn`` console script (and ``python -m xpcnn``). Once Ctrl-C has ended a command, further Ctrl-Cs
+    are ignored while the interpreter exits, so a quick second one cannot turn exit status 130 into a death by
+    SIGINT or a traceback from shutdown."""
+    code = main()
+    if code == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
