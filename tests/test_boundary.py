@@ -38,20 +38,31 @@ def test_optimizers_take_numpy_numbers_and_refuse_other_types():
 
 
 def one_line(capsys, *argv, match):
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own errors exit from inside main
+        code = e.code
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert match in err, err
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["train", "--lr", "inf"], "--lr must be a finite number > 0, got inf"),
-    (["train", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    (["train", "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
-    (["train", "--seed", "-1"], "--seed must be in 0 .. 2**63 - 1, got -1"),
-    (["train", "--threads", "-2"], "--threads must be >= 0, got -2"),
-    (["parity", "--rtol", "-1"], "--rtol must be a finite number >= 0, got -1.0"),
-    (["parity", "--rtol", "nan"], "--rtol must be a finite number >= 0, got nan"),
+    (["train", "--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["train", "--weight-decay", "nan"], "argument --weight-decay: must be a finite number >= 0, got nan"),
+    (["train", "--seed", "-1"], "argument --seed: must be in 0 .. 9223372036854775807, got -1"),
+    (["train", "--epochs", "abc"], "argument --epochs: expected an integer, got 'abc'"),
+    (["train", "--threads", "-2"], "argument --threads: must be >= 0, got -2"),
+    (["parity", "--rtol", "-1"], "argument --rtol: must be a finite number >= 0, got -1"),
+    (["parity", "--rtol", "nan"], "argument --rtol: must be a finite number >= 0, got nan"),
+    (["parity", "--batch-size", "1"], "argument --batch-size: must be >= 2, got 1"),
+    (["bench", "--seed", "-1"], "argument --seed: must be in 0 .. 9223372036854775807, got -1"),
+    (["bench", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["bench", "--layers-batch", "0"], "argument --layers-batch: must be >= 1, got 0"),
+    (["predict", "--checkpoint", "c", "x.npy", "--top", "0"], "argument --top: must be >= 1, got 0"),
+    (["evaluate", "--checkpoint", "c", "--batch-size", "-3"], "argument --batch-size: must be >= 1, got -3"),
+    (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
 ])
 def test_cli_options_are_checked_and_named(capsys, argv, match):
     one_line(capsys, *argv, match=match)
@@ -98,3 +109,18 @@ def test_an_os_error_names_its_file(capsys, monkeypatch):
     monkeypatch.setattr(info, "run", full_disk)
     assert main(["info"]) == 2
     assert "error: /data/run.ckpt: No space left on device" in capsys.readouterr().err
+
+
+def test_a_hand_edited_checkpoint_option_is_named(tmp_path, capsys):
+    import json
+    from xpcnn.checkpoint import Checkpoint, save_checkpoint
+    from xpcnn.commands._common import model_from_checkpoint
+    ck = tmp_path / "c.ckpt"
+    assert main(["train", "--epochs", "1", "--limit", "64", "--quiet", "--checkpoint", str(ck)]) == 0
+    loaded = Checkpoint(ck)
+    model, _ = model_from_checkpoint(loaded, None)
+    for key, bad in (("lr", "fast"), ("epochs", 2.5), ("seed", -4), ("dataset", 7)):
+        meta = {k: v for k, v in loaded.meta.items() if k in ("architecture", "model_args", "normalizer", "history")}
+        meta["options"] = dict(loaded.meta["options"], **{key: bad})
+        save_checkpoint(ck, model, epoch=1, metadata=meta)
+        one_line(capsys, "train", "--resume", str(ck), "--epochs", "3", match=f"saved option {key!r}")

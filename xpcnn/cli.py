@@ -23,10 +23,17 @@ class CLIError(InputError):
     """A bad command line: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported in one line (exit 2) like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="xpcnn", description="Array-API CNNs on NumPy (CPU) or CuPy (GPU).")
+    parser = _Parser(prog="xpcnn", description="Array-API CNNs on NumPy (CPU) or CuPy (GPU).")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

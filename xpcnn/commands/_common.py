@@ -10,11 +10,12 @@ from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
 from ..models import MODELS, build_model
 from ..errors import InputValueError
+from ._types import non_negative, positive
 
 
 def add_backend_arguments(parser) -> None:
     parser.add_argument("--backend", default=None, help="numpy (default), cupy, cupy:1, array_api_strict, torch")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=non_negative, default=None, metavar="N",
                         help="CPU threads: BLAS's, and xpcnn's worker threads on NumPy (default 1: fastest for "
                              "these small matrices on a busy machine; 0 keeps the library default); needs "
                              "threadpoolctl")
@@ -29,7 +30,7 @@ def add_data_arguments(parser) -> None:
                         help=f"one of {', '.join(DATASETS)} (default: digits, bundled)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="directory with the data set's files (FILE.h5 for h5); nothing is downloaded")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
+    parser.add_argument("--limit", type=positive, default=None, metavar="N",
                         help="use only the first N training and N test examples (quick runs)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from ._types import non_negative, positive, seed
 
 HELP = "benchmark forward and training-step speed per backend, model and batch size (optionally vs PyTorch)"
 
@@ -29,18 +30,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="compute dtype (default float32)")
     parser.add_argument("--compare", default=None, choices=("torch",),
                         help="also time the same architecture in PyTorch (CPU, and CUDA for GPU backends), interleaved")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive, default=None,
                         help="BLAS threads for NumPy (threadpoolctl) and torch.set_num_threads (default: as is)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; medians reported (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    parser.add_argument("--repeats", type=positive, default=5, help="timed runs per measurement; medians reported (default 5)")
+    parser.add_argument("--warmup", type=non_negative, default=1, help="untimed runs before timing (default 1)")
     parser.add_argument("--parallel", choices=("processes", "threads"), default="processes",
                         help="with --threads N > 1 on NumPy: worker processes where the model allows (default), or "
                              "per-op threads (see xpcnn train --help)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
     parser.add_argument("--layers-model", default=None, help="model of the per-layer breakdown (default: the last model)")
-    parser.add_argument("--layers-batch", type=int, default=None,
+    parser.add_argument("--layers-batch", type=positive, default=None,
                         help="batch size of the per-layer breakdown (default: the largest given batch size <= 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the weights and the data (default 0)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the full report (machine info included) as JSON")
     parser.add_argument("--plot", metavar="FILE", default=None, help="write a PNG of training images/s vs batch size")
 
@@ -71,8 +72,6 @@ def run(args) -> int:
         batch_sizes = [int(b) for b in _csv(args.batch_sizes)]
     except ValueError:
         raise CLIError(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     models = _csv(args.models)
     if args.layers_model and args.layers_model not in models:
         raise CLIError(f"--layers-model {args.layers_model!r} must be one of --models ({', '.join(models)})")

@@ -6,6 +6,7 @@ from ..data import DataLoader
 from ..layers import CrossEntropyLoss
 from ..train import evaluate
 from ._common import add_backend_arguments, add_data_arguments, blas_threads, load_data, model_from_checkpoint
+from ._types import positive
 
 HELP = "evaluate a checkpoint on a data set's test split (default: the data set it was trained on)"
 
@@ -14,7 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint from `xpcnn train`")
     add_backend_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=256, help="default 256")
+    parser.add_argument("--batch-size", type=positive, default=256, help="default 256")
 
 
 def run(args) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from ._types import integer, non_negative, real, seed
+
 HELP = "compare two backends (e.g. numpy,cupy) layer by layer on the same model, seed and data"
 
 
@@ -26,11 +28,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float64", choices=sorted(TOLERANCES),
                         help="compute dtype (default float64, the strictest check); tolerances: "
                              + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items()))
-    parser.add_argument("--steps", type=int, default=0,
+    parser.add_argument("--steps", type=non_negative, default=0,
                         help="further full training steps to compare after the layer-by-layer one (default 0)")
-    parser.add_argument("--batch-size", type=int, default=4, help="batch size (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default 0)")
-    parser.add_argument("--rtol", type=float, default=None,
+    parser.add_argument("--batch-size", type=integer(2), default=4, help="batch size (default 4)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the weights and the data (default 0)")
+    parser.add_argument("--rtol", type=real(0.0), default=None,
                         help="override the tolerance on the maximum relative difference")
     parser.add_argument("--ops", action="store_true",
                         help="also compare every functional op and every layer type on its own")
@@ -40,7 +42,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
-    import math
 
     from ..cli import CLIError
     from ..parity import compare_layers, compare_models, compare_ops
@@ -48,12 +49,6 @@ def run(args) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if len(backends) != 2:
         raise CLIError(f"--backends takes exactly two backends, e.g. numpy,cupy; got {args.backends!r}")
-    if args.steps < 0 or args.batch_size < 2:
-        raise CLIError("--steps must be >= 0 and --batch-size >= 2")
-    if args.rtol is not None and not (math.isfinite(args.rtol) and args.rtol >= 0):
-        raise CLIError(f"--rtol must be a finite number >= 0, got {args.rtol}")
-    if not 0 <= args.seed < 2 ** 63:
-        raise CLIError(f"--seed must be in 0 .. 2**63 - 1, got {args.seed}")
     from ..backend import Backend
     for name in backends:
         try:

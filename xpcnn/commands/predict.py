@@ -9,6 +9,7 @@ from ..backend import to_numpy
 from ..checkpoint import Checkpoint
 from ._common import add_backend_arguments, blas_threads, model_from_checkpoint
 from ..errors import InputValueError
+from ._types import positive
 
 HELP = "predict the class of an image (PNG) or a .npy array with a checkpoint"
 
@@ -19,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("input", metavar="IMAGE.png|FILE.npy",
                         help="a PNG (converted to the model's channels and size) or a .npy array of raw pixel "
                              "values in the data set's range: (H, W), (C, H, W) or a batch (N, C, H, W)")
-    parser.add_argument("--top", type=int, default=3, help="how many classes to list (default 3)")
+    parser.add_argument("--top", type=positive, default=3, help="how many classes to list (default 3)")
 
 
 def load_input(path: str, channels: int, size: int, scale: float) -> np.ndarray:

@@ -6,8 +6,8 @@ win), weights, optimizer and RNG state, and continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, ev
 from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
                       make_model)
 from ..errors import InputValueError
+from ._types import non_negative, positive, real, seed
 
 HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 seconds on a CPU)"
 
@@ -30,6 +31,9 @@ DEFAULTS = {"backend": "numpy", "dataset": "digits", "data_dir": None, "model": 
             "dtype": "float32", "limit": None, "threads": None}
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 OPTIONS = tuple(DEFAULTS)  # saved in checkpoints, restored by --resume (so are the threads: same bits on resume)
+# the numeric options' types: they check what is typed, and what a resumed checkpoint says
+NUMBERS = {"epochs": positive, "batch_size": positive, "lr": real(0.0, inclusive=False), "weight_decay": real(0.0),
+           "seed": seed, "limit": positive, "threads": non_negative}
 
 
 def add_arguments(parser) -> None:
@@ -37,14 +41,16 @@ def add_arguments(parser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--model", default=None, metavar="NAME",
                         help="digits-cnn, lenet, vgg-small, allcnn-gap (default: the data set's)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"epochs in all (default {DEFAULTS['epochs']})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULTS['batch_size']}")
+    parser.add_argument("--epochs", type=NUMBERS["epochs"], default=None,
+                        help=f"epochs in all (default {DEFAULTS['epochs']})")
+    parser.add_argument("--batch-size", type=NUMBERS["batch_size"], default=None,
+                        help=f"default {DEFAULTS['batch_size']}")
     parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
                         help="sgd (Nesterov momentum 0.9, default), adam or adamw")
-    parser.add_argument("--lr", type=float, default=None, help="initial learning rate, cosine-decayed "
-                                                               "(default 0.05 for sgd, 0.001 for adam/adamw)")
-    parser.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
-    parser.add_argument("--seed", type=int, default=None, help="weights and shuffling (default 0)")
+    parser.add_argument("--lr", type=NUMBERS["lr"], default=None,
+                        help="initial learning rate, cosine-decayed (default 0.05 for sgd, 0.001 for adam/adamw)")
+    parser.add_argument("--weight-decay", type=NUMBERS["weight_decay"], default=None, help="default 5e-4")
+    parser.add_argument("--seed", type=NUMBERS["seed"], default=None, help="weights and shuffling (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None, help="default float32")
     parser.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint here after every epoch (atomic)")
     parser.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
@@ -53,30 +59,36 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
-def resolve_options(args, saved: dict | None) -> dict:
-    """Explicit options, else those saved in the resumed checkpoint, else the defaults."""
+def resolve_options(args, saved: dict | None, source: str = "checkpoint") -> dict:
+    """Explicit options, else those saved in the resumed checkpoint ``source``, else the defaults."""
+    saved = {k: _saved_option(k, v, source) for k, v in (saved or {}).items() if k in OPTIONS and v is not None}
     opts = {}
     for key in OPTIONS:
         value = getattr(args, key, None)
-        if value is None and saved is not None:
-            value = saved.get(key)
-        opts[key] = DEFAULTS[key] if value is None else value
+        opts[key] = value if value is not None else saved.get(key, DEFAULTS[key])
     if args.data_dir is not None:  # stored absolute: evaluate and resume work from any directory
         opts["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
     if opts["lr"] is None:
-        opts["lr"] = DEFAULT_LR[opts["optimizer"]]
-    for key in ("epochs", "batch_size"):
-        if opts[key] < 1:
-            raise InputValueError(f"--{key.replace('_', '-')} must be >= 1, got {opts[key]}")
-    if not (math.isfinite(opts["lr"]) and opts["lr"] > 0):
-        raise InputValueError(f"--lr must be a finite number > 0, got {opts['lr']}")
-    if not (math.isfinite(opts["weight_decay"]) and opts["weight_decay"] >= 0):
-        raise InputValueError(f"--weight-decay must be a finite number >= 0, got {opts['weight_decay']}")
-    if not 0 <= opts["seed"] < 2 ** 63:
-        raise InputValueError(f"--seed must be in 0 .. 2**63 - 1, got {opts['seed']}")
-    if opts["threads"] is not None and opts["threads"] < 0:
-        raise InputValueError(f"--threads must be >= 0, got {opts['threads']}")
+        opts["lr"] = DEFAULT_LR.get(opts["optimizer"])
+    if opts["lr"] is None:
+        raise InputValueError(f"{source}: unknown optimizer {opts['optimizer']!r}; valid are {', '.join(DEFAULT_LR)}")
     return opts
+
+
+def _saved_option(key: str, value, source: str):
+    """A resumed checkpoint's option, checked as the typed option would be (the file may have been edited)."""
+    check = NUMBERS.get(key)
+    if check is None:
+        if not isinstance(value, str):
+            raise InputValueError(f"{source}: saved option {key!r} must be a string, got {value!r}")
+        return value
+    wanted = int if check.__name__ == "integer" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise InputValueError(f"{source}: saved option {key!r} must be a number, got {value!r}")
+    try:
+        return check(value)
+    except argparse.ArgumentTypeError as e:
+        raise InputValueError(f"{source}: saved option {key!r} {e}") from None
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -122,7 +134,7 @@ def run(args) -> int:
     saved = ckpt.meta.get("options") if ckpt else None
     if ckpt is not None and not isinstance(saved, dict):
         raise CLIError(f"{args.resume}: this checkpoint was not written by `xpcnn train`; resume it from Python")
-    o = resolve_options(args, saved)
+    o = resolve_options(args, saved, args.resume)
     with blas_threads(o["threads"], args.parallel):
         return _train(args, ckpt, o)
 
