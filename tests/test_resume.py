@@ -1,8 +1,6 @@
 """What `--resume` promises: the same bits and the same per-epoch numbers as one uninterrupted run with the same
 --epochs, at any thread count, from any directory; a longer --epochs extends the run with a recomputed schedule."""
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -15,6 +13,8 @@ from xpcnn.data import DataLoader, Normalizer
 from xpcnn.datasets import load_digits, write_idx
 from xpcnn.train import TrainingInterrupted, cosine_schedule, fit
 
+from test_train import InterruptAt  # a Ctrl-C during the n-th loss call
+
 TIMING = ("seconds", "images_per_second")  # the only numbers an interrupted epoch may report differently
 
 
@@ -22,20 +22,6 @@ def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-class InterruptAt(xpcnn.CrossEntropyLoss):
-    """A Ctrl-C (SIGINT to this process) during the given forward call; an ordinary loss otherwise."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.calls = at, 0
-
-    def forward(self, logits, labels):
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().forward(logits, labels)
 
 
 def metrics(path):
