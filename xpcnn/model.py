@@ -107,7 +107,7 @@ class Sequential(Module):
         order, i, n = [], 0, len(self.layers)
         while i < n:
             if (self.reorder_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU
-                    and type(self.layers[i + 1]) is MaxPool2d):
+                    and type(self.layers[i + 1]) is MaxPool2d and not self.layers[i + 1].return_indices):
                 order += [i + 1, i]
                 i += 2
             else:

@@ -77,8 +77,8 @@ def _spin_time(processes: int) -> float:
 
 def why_not(model) -> str | None:
     """Why ``model`` cannot run its batch on worker processes, or None where it can."""
-    from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear, MaxPool2d,
-                         ReLU, Sigmoid, Tanh)
+    from .layers import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
+                         MaxPool2d, ReLU, Sigmoid, Tanh)
     from .layers.norm import _BatchNorm
     from .model import Sequential
 
@@ -90,10 +90,12 @@ def why_not(model) -> str | None:
     # its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's mask in every
     # process from the same generator state and keeps its rows (parallel.batch_shard)
     supported = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
-                 AdaptiveAvgPool2d, _BatchNorm, Dropout)
+                 AdaptiveAvgPool2d, AdaptiveMaxPool2d, _BatchNorm, Dropout)
     for m in model.modules():
         if not isinstance(m, supported):
             return f"{m.label()} is not known to treat the samples of a batch independently"
+        if getattr(m, "return_indices", False):
+            return f"{m.label()} returns (output, indices), not one array"
     return None
 
 

@@ -17,16 +17,22 @@ def torch_module(layer: Any, torch):
     if name == "Conv2d":
         pad = layer.padding
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, pad,
-                         layer.dilation, layer.groups, layer.has_bias)
+                         layer.dilation, layer.groups, layer.has_bias, layer.padding_mode)
     if name == "Linear":
         return nn.Linear(layer.in_features, layer.out_features, layer.has_bias)
     if name in ("BatchNorm2d", "BatchNorm1d"):
         return getattr(nn, name)(layer.num_features, layer.eps, layer.momentum, layer.affine,
                                  layer.track_running_stats)
-    if name in ("MaxPool2d", "AvgPool2d"):
-        return getattr(nn, name)(layer.kernel_size, layer.stride, layer.padding)
+    if name == "MaxPool2d":
+        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.return_indices,
+                            layer.ceil_mode)
+    if name == "AvgPool2d":
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad,
+                            layer.divisor_override)
     if name in ("AdaptiveAvgPool2d", "GlobalAvgPool2d"):
         return nn.AdaptiveAvgPool2d(layer.output_size)
+    if name == "AdaptiveMaxPool2d":
+        return nn.AdaptiveMaxPool2d(layer.output_size, layer.return_indices)
     if name == "Flatten":
         return nn.Flatten(layer.start_dim)
     if name == "LeakyReLU":

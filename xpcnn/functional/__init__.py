@@ -10,7 +10,10 @@ from .conv import col2im, conv2d, conv2d_backward, conv2d_forward, im2col
 from .linear import flatten, linear, linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward, one_hot
 from .norm import batch_norm, batch_norm_backward, batch_norm_forward
-from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d,
-                   avg_pool2d_backward, avg_pool2d_forward, max_pool2d, max_pool2d_backward, max_pool2d_forward)
+from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
+                            adaptive_max_pool2d, adaptive_max_pool2d_backward, adaptive_max_pool2d_forward,
+                            adaptive_max_pool2d_indices)
+from .pool import (avg_pool2d, avg_pool2d_backward, avg_pool2d_forward, max_pool2d, max_pool2d_backward,
+                   max_pool2d_forward, max_pool2d_indices)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -92,6 +92,77 @@ def unpad2d(x, pads: tuple[int, int, int, int]):
     return x[:, :, top:h - bottom, left:w - right]
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def check_pad_mode(pads: tuple[int, int, int, int], h: int, w: int, mode: str) -> None:
+    """PyTorch's limits for :func:`pad2d_mode`: reflect needs each pad < that size, circular <= it, and
+    replicate a non-empty input."""
+    for pad, size, axis in ((pads[0], h, "height"), (pads[1], h, "height"), (pads[2], w, "width"),
+                            (pads[3], w, "width")):
+        if mode == "reflect" and pad >= size:
+            raise ValueError(f"padding_mode='reflect': padding {pad} must be less than the input {axis} {size}")
+        if mode == "circular" and pad > size:
+            raise ValueError(f"padding_mode='circular': padding {pad} must be at most the input {axis} {size}")
+        if pad and size == 0:
+            raise ValueError(f"padding_mode={mode!r} needs a non-empty input {axis}")
+
+
+def pad2d_mode(x, pads: tuple[int, int, int, int], mode: str):
+    """Pad the last two axes of an NCHW array as ``torch.nn.functional.pad`` with ``mode`` "reflect" (mirror
+    without the edge), "replicate" (repeat the edge) or "circular" (wrap around): the input copied into the
+    interior, then the border rows (interior columns) and columns (every row) copied from inside the buffer
+    by slices and ``flip`` (no ``pad``). Channels-last in memory (:func:`empty_nchw`)."""
+    top, bottom, left, right = pads
+    xp = array_namespace(x)
+    n, c, h, w = x.shape
+    check_pad_mode(pads, h, w, mode)
+    out = empty_nchw(xp, (n, c, h + top + bottom, w + left + right), x.dtype, device(x))
+    out[:, :, top:top + h, left:left + w] = x
+    for axis, lo, hi, size in ((2, top, bottom, h), (3, left, right, w)):
+        for dst, src, flip in _border_copies(lo, hi, size, mode):
+            view = out[_key(axis, src, left, w)]
+            out[_key(axis, dst, left, w)] = xp.flip(view, axis=axis) if flip else view
+    return out
+
+
+def pad2d_mode_backward(g, pads: tuple[int, int, int, int], mode: str):
+    """The adjoint of :func:`pad2d_mode`: each border's gradient added onto the elements it copies (columns
+    first, then rows: the forward's copies in reverse), then the interior. Slice additions only (no scatter);
+    updates ``g`` in place (the caller's own fresh gradient) and returns the interior view."""
+    top, bottom, left, right = pads
+    xp = array_namespace(g)
+    h, w = g.shape[2] - top - bottom, g.shape[3] - left - right
+    for axis, lo, hi, size in ((3, left, right, w), (2, top, bottom, h)):
+        for dst, src, flip in _border_copies(lo, hi, size, mode):
+            part = g[_key(axis, dst, left, w)]
+            part = xp.flip(part, axis=axis) if flip else part
+            if mode == "replicate":  # the whole border copies the edge: its gradients sum onto it
+                part = xp.sum(part, axis=axis, keepdims=True)
+            g[_key(axis, src, left, w)] += part
+    return g[:, :, top:top + h, left:left + w]
+
+
+def _border_copies(lo: int, hi: int, size: int, mode: str) -> list[tuple[slice, slice, bool]]:
+    """``(dst, src, flip)`` along one padded axis (positions in the padded buffer): the border ``dst`` is
+    ``src``, reversed where ``flip``; ``src`` lies in the interior ``[lo, lo + size)``, never in a border."""
+    end = lo + size
+    copies = []
+    if mode == "reflect":
+        copies = [(slice(0, lo), slice(lo + 1, 2 * lo + 1), True),
+                  (slice(end, end + hi), slice(end - 1 - hi, end - 1), True)]
+    elif mode == "replicate":
+        copies = [(slice(0, lo), slice(lo, lo + 1), False), (slice(end, end + hi), slice(end - 1, end), False)]
+    elif mode == "circular":
+        copies = [(slice(0, lo), slice(size, size + lo), False), (slice(end, end + hi), slice(lo, lo + hi), False)]
+    return [(d, s, f) for d, s, f in copies if d.stop > d.start]
+
+
+def _key(axis: int, sl: slice, left: int, w: int) -> tuple:
+    """The index of rows ``sl`` over the interior columns (axis 2), or of columns ``sl`` over every row (3)."""
+    return (slice(None), slice(None), sl, slice(left, left + w)) if axis == 2 else (slice(None),) * 3 + (sl,)
+
+
 def window_key(i: int, j: int, stride: tuple[int, int], dilation: tuple[int, int], oh: int, ow: int) -> tuple:
     """The NCHW index of every output position's input at kernel offset ``(i, j)`` (``(N, C, oh, ow)`` elements).
 

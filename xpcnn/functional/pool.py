@@ -1,8 +1,10 @@
-"""Max, average and adaptive average pooling over NCHW arrays, forward and backward.
+"""Max and average pooling over NCHW arrays, forward and backward, with PyTorch's options.
 
 Each is a loop over the kh*kw window offsets, one strided slice per offset.
 Max pooling records, per output, the offset of the first maximum (as PyTorch
 does); its backward routes the gradient there and sums where windows overlap.
+In ceil mode the padded grid grows on the bottom/right so that the last window
+fits (:func:`pool_geometry`); average pooling's divisor leaves that growth out.
 """
 from __future__ import annotations
 
@@ -12,25 +14,45 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import kernels, parallel
-from ._util import empty_nchw, itemsize, out_size, pad2d, pair, unpad2d, where_zero, window, window_key
+from ._util import empty_nchw, itemsize, pad2d, pair, unpad2d, where_zero, window, window_key
 
 
-def pool_geometry(x_shape, kernel_size, stride=None, padding=0):
-    """Check shapes and options; return ``(kernel, stride, pads, oh, ow)``."""
+def pool_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    """PyTorch's pooling output length: floor (or ceil) of the sliding count; in ceil mode a last window that
+    would start in the right padding is dropped (every window starts inside the input or the left padding)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Check shapes and options; return ``(kernel, stride, dilation, pads, oh, ow)``.
+
+    ``pads`` (top, bottom, left, right) is the grid the windows read: the padding, plus in ceil mode the rows
+    and columns a last window reads past it (``pad2d`` fills them as padding).
+    """
     if len(x_shape) != 4:
         raise ValueError(f"pooling expects a 4-D input (N, C, H, W), got shape {tuple(x_shape)}")
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     ph, pw = pair(padding, "padding")
-    if min(kernel) < 1 or min(stride) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"pooling needs kernel_size, stride >= 1 and padding >= 0, got {kernel}, {stride}, {(ph, pw)}")
+    dilation = pair(dilation, "dilation")
+    if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"pooling needs kernel_size, stride, dilation >= 1 and padding >= 0, got {kernel}, "
+                         f"{stride}, {dilation}, {(ph, pw)}")
     if ph > kernel[0] // 2 or pw > kernel[1] // 2:
         raise ValueError(f"pooling padding {(ph, pw)} must be at most half the kernel size {kernel}")
     h, w = x_shape[2], x_shape[3]
-    oh, ow = out_size(h, kernel[0], stride[0], 2 * ph), out_size(w, kernel[1], stride[1], 2 * pw)
+    oh = pool_out_size(h, kernel[0], stride[0], ph, dilation[0], ceil_mode)
+    ow = pool_out_size(w, kernel[1], stride[1], pw, dilation[1], ceil_mode)
     if oh < 1 or ow < 1:
-        raise ValueError(f"pooling: input of spatial size {h}x{w} (padding {(ph, pw)}) is smaller than the kernel {kernel}")
-    return kernel, stride, (ph, ph, pw, pw), oh, ow
+        raise ValueError(f"pooling: input of spatial size {h}x{w} (padding {(ph, pw)}) is smaller than the kernel "
+                         f"{kernel}" + (f" dilated by {dilation}" if dilation != (1, 1) else ""))
+    bottom = max(ph, (oh - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - h - ph)
+    right = max(pw, (ow - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - w - pw)
+    return kernel, stride, dilation, (ph, bottom, pw, right), oh, ow
 
 
 def _copy_nchw(xp, a):
@@ -40,8 +62,10 @@ def _copy_nchw(xp, a):
     return out
 
 
-def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0):
-    """Max pooling. Returns ``(y, ctx)``; padding never wins (it is the dtype's lowest finite value).
+def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                       ceil_mode: bool = False):
+    """Max pooling (PyTorch's options). Returns ``(y, ctx)``; padding never wins (it is the dtype's lowest finite
+    value). :func:`max_pool2d_indices` gives PyTorch's ``return_indices`` from ``ctx``.
 
     Per window offset: ``y = maximum(y, s)`` (NaN propagates) and the offset of the first maximum (the last
     NaN where there is one, as PyTorch) as ``idx = maximum(idx, k * better)``: offsets only grow, so no
@@ -49,33 +73,35 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     :mod:`~xpcnn.parallel` workers.
     """
     xp = array_namespace(x)
-    kernel, stride, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding)
+    kernel, stride, dilation, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding, dilation,
+                                                           ceil_mode)
     idx_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
     n, c, h, w = x.shape
     padded_shape = (n, c, h + pads[0] + pads[1], w + pads[2] + pads[3])
-    fast = kernels.get("max_pool2d", xp)
+    fast = kernels.get("max_pool2d", xp) if dilation == (1, 1) else None
     parts = [] if fast is not None else parallel.ranges(n, c * h * w * itemsize(xp, x.dtype))
     if fast is not None:
         y, idx = fast(pad2d(x, pads, float(xp.finfo(x.dtype).min)), kernel, stride, oh, ow, idx_dtype)
     elif len(parts) == 1:
-        y, idx = _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype)
+        y, idx = _max_pool_shard(xp, x, kernel, stride, dilation, pads, oh, ow, idx_dtype)
     else:
         y = empty_nchw(xp, (n, c, oh, ow), x.dtype, device(x))
         idx = empty_nchw(xp, (n, c, oh, ow), idx_dtype, device(x))
 
         def shard(a: int, b: int) -> None:
-            y[a:b, ...], idx[a:b, ...] = _max_pool_shard(xp, x[a:b, ...], kernel, stride, pads, oh, ow, idx_dtype)
+            y[a:b, ...], idx[a:b, ...] = _max_pool_shard(xp, x[a:b, ...], kernel, stride, dilation, pads, oh, ow,
+                                                         idx_dtype)
         parallel.run(shard, parts)
-    return y, (idx, x.shape, padded_shape, kernel, stride, pads)
+    return y, (idx, x.shape, padded_shape, kernel, stride, pads, dilation)
 
 
-def _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype):
+def _max_pool_shard(xp, x, kernel, stride, dilation, pads, oh, ow, idx_dtype):
     """``(y, idx)`` of :func:`max_pool2d_forward` for the samples of ``x``."""
     xpad = pad2d(x, pads, float(xp.finfo(x.dtype).min))
     y = idx = None
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            s = window(xpad, i, j, stride, (1, 1), oh, ow)
+            s = window(xpad, i, j, stride, dilation, oh, ow)
             if y is None:
                 y = _copy_nchw(xp, s)
                 idx = empty_nchw(xp, y.shape, idx_dtype, device(x), 0)
@@ -87,16 +113,28 @@ def _max_pool_shard(xp, x, kernel, stride, pads, oh, ow, idx_dtype):
     return y, idx
 
 
+def max_pool2d_indices(ctx):
+    """PyTorch's ``return_indices`` of :func:`max_pool2d_forward`: the flat index ``row * W + col`` in its input
+    plane of each output's maximum, int64 (computed only when asked for)."""
+    idx, x_shape, _, kernel, stride, pads, dilation = ctx
+    xp = array_namespace(idx)
+    oh, ow, dev = idx.shape[2], idx.shape[3], device(idx)
+    k = xp.astype(idx, xp.int64)
+    rows = xp.reshape(xp.arange(oh, dtype=xp.int64, device=dev) * stride[0] - pads[0], (oh, 1))
+    cols = xp.reshape(xp.arange(ow, dtype=xp.int64, device=dev) * stride[1] - pads[2], (1, ow))
+    return (rows + (k // kernel[1]) * dilation[0]) * x_shape[3] + cols + (k % kernel[1]) * dilation[1]
+
+
 def max_pool2d_backward(dy, ctx):
     """Gradient w.r.t. the input of :func:`max_pool2d_forward`.
 
-    Disjoint windows (stride >= kernel) are written, not accumulated. Batch shards run on the workers, each
-    writing its own samples of ``dx``."""
-    idx, x_shape, padded_shape, kernel, stride, pads = ctx
+    Disjoint windows (stride >= dilated kernel) are written, not accumulated. Batch shards run on the workers,
+    each writing its own samples of ``dx``."""
+    idx, x_shape, padded_shape, kernel, stride, pads, dilation = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
-    disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
-    fast = kernels.get("max_pool2d_backward", xp)
+    disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
+    fast = kernels.get("max_pool2d_backward", xp) if dilation == (1, 1) else None
     dx = None if fast is None else fast(dy, idx, padded_shape, kernel, stride)
     if dx is not None:
         return unpad2d(dx, pads)
@@ -107,7 +145,7 @@ def max_pool2d_backward(dy, ctx):
         for i in range(kernel[0]):
             for j in range(kernel[1]):
                 g = where_zero(ids == i * kernel[1] + j, dys)
-                key = window_key(i, j, stride, (1, 1), oh, ow)
+                key = window_key(i, j, stride, dilation, oh, ow)
                 if disjoint:
                     dxs[key] = g
                 else:
@@ -116,26 +154,69 @@ def max_pool2d_backward(dy, ctx):
     return unpad2d(dx, pads)
 
 
-def avg_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0):
-    """Average pooling; zero padding counts in the divisor (PyTorch's ``count_include_pad=True``)."""
+def _axis_divisors(size: int, kernel: int, stride: int, pad: int, out: int, count_include_pad: bool) -> list[int]:
+    """Per output position along one axis, PyTorch's average-pooling divisor: the window clipped to the padded
+    input (``count_include_pad``) or to the input itself."""
+    counts = []
+    for o in range(out):
+        start = o * stride - pad
+        end = min(start + kernel, size + pad)
+        counts.append(end - start if count_include_pad else min(end, size) - max(start, 0))
+    return counts
+
+
+def _avg_divisor(xp, x, kernel, stride, pads, oh, ow, count_include_pad, divisor_override):
+    """The divisor of every window: an int where all are equal (the default options), else an ``(oh, ow)``
+    array (rows times columns: each factor is a per-axis count)."""
+    if divisor_override is not None:
+        return divisor_override
+    if count_include_pad and (pads[1], pads[3]) == (pads[0], pads[2]):  # no ceil-mode growth: whole windows
+        return kernel[0] * kernel[1]
+    h, w = x.shape[2], x.shape[3]
+    rows = _axis_divisors(h, kernel[0], stride[0], pads[0], oh, count_include_pad)
+    cols = _axis_divisors(w, kernel[1], stride[1], pads[2], ow, count_include_pad)
+    if len(set(rows)) == 1 and len(set(cols)) == 1:
+        return rows[0] * cols[0]
+    dev = device(x)
+    rows_a = xp.reshape(xp.asarray(rows, dtype=x.dtype, device=dev), (oh, 1))
+    return rows_a * xp.reshape(xp.asarray(cols, dtype=x.dtype, device=dev), (1, ow))
+
+
+def avg_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                       count_include_pad: bool = True, divisor_override: int | None = None):
+    """Average pooling (PyTorch's options): the window sum over the zero-padded input, divided by
+    ``divisor_override``, or by the window's size clipped to the padded input (``count_include_pad``, the default)
+    or to the input."""
     xp = array_namespace(x)
-    kernel, stride, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding)
+    check_divisor(divisor_override)
+    kernel, stride, _, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
     xpad = pad2d(x, pads)
     y = None
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             s = window(xpad, i, j, stride, (1, 1), oh, ow)
             y = _copy_nchw(xp, s) if y is None else y + s
-    y = y / (kernel[0] * kernel[1])
-    return y, (x.shape, xpad.shape, kernel, stride, pads)
+    divisor = _avg_divisor(xp, x, kernel, stride, pads, oh, ow, count_include_pad, divisor_override)
+    y = y / divisor
+    return y, (x.shape, xpad.shape, kernel, stride, pads, divisor)
+
+
+def check_divisor(divisor_override) -> None:
+    """``divisor_override``: None or a non-zero int (as PyTorch)."""
+    if divisor_override is None:
+        return
+    if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
+        raise TypeError(f"divisor_override must be None or an int, got {divisor_override!r}")
+    if divisor_override == 0:
+        raise ValueError("divisor_override must not be zero")
 
 
 def avg_pool2d_backward(dy, ctx):
     """Gradient w.r.t. the input of :func:`avg_pool2d_forward`."""
-    x_shape, padded_shape, kernel, stride, pads = ctx
+    x_shape, padded_shape, kernel, stride, pads, divisor = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
-    g = dy / (kernel[0] * kernel[1])
+    g = dy / divisor
     dx = empty_nchw(xp, padded_shape, dy.dtype, device(dy), 0)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
@@ -143,59 +224,13 @@ def avg_pool2d_backward(dy, ctx):
     return unpad2d(dx, pads)
 
 
-def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
-    """PyTorch's adaptive pooling bins: ``[floor(i*size/out), ceil((i+1)*size/out))``."""
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Forward only; ``(y, indices)`` with ``return_indices`` (PyTorch's ``F.max_pool2d``)."""
+    y, ctx = max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return (y, max_pool2d_indices(ctx)) if return_indices else y
 
 
-def adaptive_avg_pool2d_forward(x, output_size: Any = 1):
-    """Adaptive average pooling to ``output_size`` (``1`` is global average pooling)."""
-    xp = array_namespace(x)
-    if x.ndim != 4:
-        raise ValueError(f"adaptive pooling expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    oh, ow = pair(output_size, "output_size")
-    n, c, h, w = x.shape
-    if oh < 1 or ow < 1:
-        raise ValueError(f"output_size must be >= 1, got {(oh, ow)}")
-    if (oh, ow) == (1, 1):
-        y = xp.mean(x, axis=(2, 3), keepdims=True)
-    else:
-        y = empty_nchw(xp, (n, c, oh, ow), x.dtype, device(x))
-        for a, (h0, h1) in enumerate(adaptive_bins(h, oh)):
-            for b, (w0, w1) in enumerate(adaptive_bins(w, ow)):
-                y[:, :, a, b] = xp.mean(x[:, :, h0:h1, w0:w1], axis=(2, 3))
-    return y, x.shape
-
-
-def adaptive_avg_pool2d_backward(dy, ctx):
-    """Gradient w.r.t. the input of :func:`adaptive_avg_pool2d_forward`."""
-    xp = array_namespace(dy)
-    n, c, h, w = ctx
-    oh, ow = dy.shape[2], dy.shape[3]
-    if (oh, ow) == (1, 1):
-        dx = empty_nchw(xp, (n, c, h, w), dy.dtype, device(dy))
-        dx[...] = xp.broadcast_to(dy / (h * w), (n, c, h, w))
-        return dx
-    dx = empty_nchw(xp, (n, c, h, w), dy.dtype, device(dy), 0)
-    for a, (h0, h1) in enumerate(adaptive_bins(h, oh)):
-        for b, (w0, w1) in enumerate(adaptive_bins(w, ow)):
-            area = (h1 - h0) * (w1 - w0)
-            dx[:, :, h0:h1, w0:w1] += xp.reshape(dy[:, :, a, b], (n, c, 1, 1)) / area
-    return dx
-
-
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Forward only."""
-    return max_pool2d_forward(x, kernel_size, stride, padding)[0]
-
-
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Forward only."""
-    return avg_pool2d_forward(x, kernel_size, stride, padding)[0]
-
-
-def adaptive_avg_pool2d(x, output_size=1):
-    """Forward only."""
-    return adaptive_avg_pool2d_forward(x, output_size)[0]
-
-
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Forward only (PyTorch's ``F.avg_pool2d``)."""
+    return avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)[0]

@@ -5,8 +5,8 @@ from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 from .norm import BatchNorm1d, BatchNorm2d
-from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout",
+__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout",
            "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss", "Parameter",
            "ReLU", "Sigmoid", "Tanh"]

@@ -7,23 +7,26 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..functional._util import conv_padding, pair
+from ..functional._util import PADDING_MODES, conv_padding, pad2d_mode, pad2d_mode_backward, pair
 from ..functional.conv import conv2d_backward_params
 from .module import Module, check_positive_int
 
 
 class Conv2d(Module):
-    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True)``.
+    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+    padding_mode="zeros")``.
 
     Weight ``(out_channels, in_channels // groups, kh, kw)`` and bias ``(out_channels,)``,
     initialised as PyTorch does (Kaiming-uniform with a=sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
-    ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``.
+    ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``. ``padding_mode`` "reflect",
+    "replicate" or "circular" pads the input so (``torch.nn.functional.pad``) before an unpadded convolution,
+    as PyTorch; its backward folds the border gradients back onto the elements they copy.
     """
 
     can_skip_input_grad = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True):
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels", "Conv2d")
         self.out_channels = check_positive_int(out_channels, "out_channels", "Conv2d")
@@ -37,7 +40,11 @@ class Conv2d(Module):
         if min(self.kernel_size + self.stride + self.dilation) < 1:
             raise ValueError(f"Conv2d: kernel_size, stride and dilation must be >= 1, got "
                              f"{self.kernel_size}, {self.stride}, {self.dilation}")
-        conv_padding(padding, self.kernel_size, self.dilation, self.stride)  # validates
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        pads = conv_padding(padding, self.kernel_size, self.dilation, self.stride)  # validates
+        self._mode_pads = pads if padding_mode != "zeros" and any(pads) else None  # padded before the conv
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
         self.has_bias = bool(bias)
 
@@ -52,9 +59,12 @@ class Conv2d(Module):
 
     def forward(self, x):
         self.check_input(x, 4, self.in_channels, "(N, C, H, W)")
+        padding = self.padding
         try:
+            if self._mode_pads is not None:
+                x, padding = pad2d_mode(x, self._mode_pads, self.padding_mode), 0
             y, self._ctx = F.conv2d_forward(x, self.weight.data, self.bias.data if self.has_bias else None,
-                                            self.stride, self.padding, self.dilation, self.groups)
+                                            self.stride, padding, self.dilation, self.groups)
         except ValueError as e:
             raise ValueError(f"{self.label()}: {e}") from None
         return y
@@ -65,6 +75,8 @@ class Conv2d(Module):
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db
+        if dx is not None and self._mode_pads is not None:
+            dx = pad2d_mode_backward(dx, self._mode_pads, self.padding_mode)
         return dx
 
     def extra_repr(self) -> str:
@@ -77,4 +89,6 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if not self.has_bias:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         return s
