@@ -6,6 +6,7 @@ win), weights, optimizer and RNG state, and continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim
-from ..checkpoint import Checkpoint, save_checkpoint
+from ..checkpoint import TRAIN_KEYS, Checkpoint, save_checkpoint
 from ..cli import CLIError
 from ..data import DataLoader, Normalizer
 from ..layers import CrossEntropyLoss
@@ -21,6 +22,7 @@ from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, ev
 from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
                       make_model)
 from ..errors import InputValueError
+from ..files import append_line, atomic_write, output_locks
 
 HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 seconds on a CPU)"
 
@@ -84,6 +86,13 @@ def _check_plot_available(path: str | None) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CLIError('--plot needs matplotlib: pip install "xpcnn[plot]"') from None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        if _plot_format(path) not in FigureCanvasAgg.get_supported_filetypes():
+            raise CLIError(f"--plot {path}: unknown image type {_plot_format(path)!r}; use .png, .pdf or .svg")
+
+
+def _plot_format(path: str) -> str:
+    return Path(path).suffix[1:].lower() or "png"
 
 
 def write_plot(path: str, history: list[dict]) -> None:
@@ -103,15 +112,17 @@ def write_plot(path: str, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format=_plot_format(path), dpi=100)
     plt.close(fig)
+    atomic_write(path, image.getvalue())
 
 
 def run(args) -> int:
     if args.threads is not None and args.threads < 0:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     _check_plot_available(args.plot)
-    with blas_threads(args.threads, args.parallel):
+    with output_locks(args.checkpoint, args.metrics, args.plot), blas_threads(args.threads, args.parallel):
         return _train(args)
 
 
@@ -120,6 +131,8 @@ def _train(args) -> int:
     saved = ckpt.meta.get("options") if ckpt else None
     if ckpt is not None and saved is None:
         raise CLIError(f"{args.resume}: this checkpoint was not written by `xpcnn train`; resume it from Python")
+    if ckpt is not None:
+        ckpt.require(*TRAIN_KEYS)
     o = resolve_options(args, saved)
     train_set, test_set = load_data(o["dataset"], o["data_dir"], o["limit"])
     model, model_args = make_model(o["model"], o["dataset"], train_set.shape, train_set.num_classes, o["backend"],
@@ -160,8 +173,7 @@ def _train(args) -> int:
             f"acc {record['test_accuracy']:.4f} | {record['seconds']:.1f}s, "
             f"{record['images_per_second']:,.0f} img/s")
         if args.metrics:
-            with open(args.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(args.metrics, json.dumps(record))
         save(record["epoch"])
 
     try:
