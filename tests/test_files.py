@@ -148,3 +148,12 @@ def test_a_second_writer_of_one_path_is_refused(tmp_path, capsys):
         assert not ck.exists()
     with output_lock(ck):  # released when the first holder is done
         pass
+
+
+def test_bench_and_parity_refuse_a_bad_json_or_plot_path_before_running(tmp_path, capsys, no_replace):
+    os.mkfifo(tmp_path / "fifo")
+    for argv in (["bench", "--json", str(tmp_path / "fifo")], ["bench", "--plot", str(tmp_path)],
+                 ["parity", "--json", str(tmp_path / "fifo")]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "not a regular file" in err, (argv, err)

@@ -299,11 +299,13 @@ def _h5_labels(y: np.ndarray, path: Path, split: str) -> np.ndarray:
     if y.dtype.kind == "f":
         bad = y[~np.isfinite(y) | (y != np.floor(y))] if y.size else y
         if bad.size:
-            raise InputValueError(f"{where} holds non-integer labels (e.g. {bad[0].item()!r}); labels must be class indices")
+            raise InputValueError(f"{where} holds non-integer labels (e.g. {bad[0].item()!r}); labels must be "
+                                  "class indices")
     elif y.dtype.kind not in "biu":
         raise InputValueError(f"{where} must hold integer labels, got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise InputValueError(f"{where} holds a negative label ({y.min().item()!r}); labels must be class indices 0..K-1")
+        raise InputValueError(f"{where} holds a negative label ({y.min().item()!r}); labels must be class "
+                              "indices 0..K-1")
     if y.size and y.max() > np.iinfo(np.int64).max // 2:
         raise InputValueError(f"{where} holds label {y.max().item()!r}, far beyond any number of classes")
     return y.astype(np.int64)
