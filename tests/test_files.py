@@ -157,3 +157,13 @@ def test_bench_and_parity_refuse_a_bad_json_or_plot_path_before_running(tmp_path
         assert main(argv) == 2
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and "not a regular file" in err, (argv, err)
+
+
+def test_reading_a_fifo_or_device_as_a_checkpoint_is_refused_not_blocking(tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.ckpt")
+    inputs = [str(tmp_path / "fifo.ckpt")] + [d for d in ("/dev/zero",) if os.path.exists(d)]
+    for path in inputs:
+        for argv in (["evaluate", "--checkpoint", path], ["train", "--resume", path, "--quiet"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"checkpoint {path!r} is not a regular file" in err, err
