@@ -1,6 +1,8 @@
 """Checkpoints: safetensors format, atomic writes, cross-backend loads, PyTorch names, architecture checks."""
 import json
 import os
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import pytest
 import xpcnn
 from xpcnn.checkpoint import Checkpoint, atomic_write, decode_safetensors, encode_safetensors, load_checkpoint, \
     save_checkpoint
+from xpcnn.cli import main
+from xpcnn.errors import InputValueError
 from xpcnn.models import build_model
 
 
@@ -131,3 +135,120 @@ def test_metadata_is_json_with_versions(tmp_path):
     meta = Checkpoint(tmp_path / "c").meta
     assert meta["versions"]["xpcnn"] == xpcnn.__version__ and meta["options"] == {"lr": 0.1}
     json.dumps(meta)
+
+
+# -- the safetensors library, compatibility, and files edited by hand ------------------------------------------
+LEGACY = Path(__file__).with_name("data") / "legacy-v0.1.0.ckpt"
+
+
+def rewrite(src, dst, edit_meta=None, edit_header=None):
+    """Copy checkpoint ``src`` to ``dst`` with its xpcnn metadata (a dict) or raw safetensors header edited."""
+    raw = Path(src).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    if edit_meta is not None:
+        meta = json.loads(header["__metadata__"]["xpcnn"])
+        edit_meta(meta)
+        header["__metadata__"]["xpcnn"] = json.dumps(meta)
+    if edit_header is not None:
+        edit_header(header)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    Path(dst).write_bytes(struct.pack("<Q", len(head)) + head + raw[8 + n:])
+    return dst
+
+
+def test_checkpoints_of_xpcnn_0_1_0_still_load(tmp_path, capsys):
+    """tests/data/legacy-v0.1.0.ckpt was written by xpcnn's own safetensors writer, before the library."""
+    import sys
+    sys.path.insert(0, str(LEGACY.parent))
+    from make_legacy_checkpoint import legacy_model_and_step
+    sys.path.pop(0)
+    want, want_opt = legacy_model_and_step()
+    model = build_model("digits-cnn", 1, 2, 2, seed=9)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=1.0, momentum=0.9, nesterov=True)
+    ck = load_checkpoint(LEGACY, model, opt)
+    assert ck.epoch == 1 and opt.steps == 1 and ck.meta["loader"]["position"] == 1
+    for k, v in want.state_dict().items():
+        np.testing.assert_allclose(xpcnn.to_numpy(model.state_dict()[k]), xpcnn.to_numpy(v), rtol=1e-6, atol=1e-7)
+    for k, v in want_opt.state_dict()["state"].items():
+        np.testing.assert_allclose(opt.state_dict()["state"][k], v, rtol=1e-6, atol=1e-7)
+    np.save(tmp_path / "x.npy", np.full((2, 2), 8.0))
+    assert main(["predict", "--checkpoint", str(LEGACY), str(tmp_path / "x.npy")]) == 0
+    assert capsys.readouterr().out.startswith("class ")
+
+
+def test_files_are_read_by_safetensors_and_pytorch(tmp_path):
+    from safetensors.numpy import load_file
+    m = small()
+    opt = xpcnn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    p = tmp_path / "c.ckpt"
+    save_checkpoint(p, m, opt)
+    lib = load_file(p)
+    assert set(lib) == set(m.state_dict()) | {f"optim.{k}" for k in opt.state_dict()["state"]}
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(lib[k], xpcnn.to_numpy(v))
+    pytest.importorskip("torch", reason="PyTorch is optional")
+    from safetensors.torch import load_file as torch_load_file
+    for k, v in torch_load_file(p).items():
+        np.testing.assert_array_equal(v.numpy(), lib[k])
+
+
+def test_relabelled_dtype_is_refused(tmp_path):
+    def to_i32(header):
+        header["0.weight"]["dtype"] = "I32"
+    p = rewrite(LEGACY, tmp_path / "c.ckpt", edit_header=to_i32)
+    with pytest.raises(InputValueError, match=r"c\.ckpt: tensor '0\.weight' is int32, the model needs float32"):
+        load_checkpoint(p, build_model("digits-cnn", 1, 2, 2))
+
+    def momentum_to_i32(header):
+        header[next(k for k in header if k.startswith("optim."))]["dtype"] = "I32"
+    p = rewrite(LEGACY, tmp_path / "o.ckpt", edit_header=momentum_to_i32)
+    m = build_model("digits-cnn", 1, 2, 2)
+    with pytest.raises(InputValueError, match=r"tensor 'optim\..*' is int32, the model needs float32"):
+        load_checkpoint(p, m, xpcnn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+
+
+def test_overlapping_tensor_bytes_are_refused(tmp_path):
+    def overlap(header):
+        a, b = [k for k in header if k != "__metadata__"][:2]
+        header[b]["data_offsets"] = [header[a]["data_offsets"][0], header[b]["data_offsets"][1]]
+    p = rewrite(LEGACY, tmp_path / "c.ckpt", edit_header=overlap)
+    with pytest.raises(InputValueError, match=r"c\.ckpt: not a checkpoint or a damaged one: .*offset"):
+        Checkpoint(p)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint written by `xpcnn train` (digits, one short epoch)."""
+    p = tmp_path_factory.mktemp("trained") / "run.ckpt"
+    assert main(["train", "--epochs", "1", "--limit", "40", "--quiet", "--threads", "1", "--checkpoint", str(p)]) == 0
+    return p
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda m: m.pop("normalizer"), "'normalizer'"),
+    (lambda m: m["optimizer"].pop("steps"), "'optimizer.steps'"),
+    (lambda m: m["loader"].pop("epoch_start"), "'loader.epoch_start'"),
+    (lambda m: m.update(optimizer=[]), "'optimizer' must be an object, got a list"),
+    (lambda m: m.update(loader=[1, 2]), "'loader' must be an object, got a list"),
+    (lambda m: m.update(history={}), "'history' must be a list, got an object"),
+    (lambda m: m.update(epoch=True), "'epoch' must be an integer, got true/false"),
+    (lambda m: m["optimizer"].update(steps=-1), "'optimizer.steps' must be >= 0"),
+    (lambda m: m["normalizer"].update(std=[0.0]), "'normalizer' must be"),
+    (lambda m: m["model_args"].update(num_classes="2"), "'model_args.num_classes' must be an integer"),
+    (lambda m: m.update(class_names=["a"]), "'class_names' must be a list of 10 class names"),
+    (lambda m: m["loader"].update(current={"bit_generator": "PCG64"}), "'loader' is malformed"),
+    (lambda m: m["loader"].update(epoch_start={"bit_generator": "PCG64", "state": []}), "'loader' is malformed"),
+])
+def test_metadata_edited_by_hand_is_one_line(tmp_path, capsys, trained, edit, key):
+    p = rewrite(trained, tmp_path / "c.ckpt", edit_meta=edit)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8)))
+    for argv in (["predict", "--checkpoint", str(p), str(tmp_path / "x.npy")],
+                 ["train", "--resume", str(p), "--epochs", "2", "--limit", "40", "--quiet"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        if code == 0:  # predict does not read the loader state
+            assert argv[0] == "predict" and "loader" in key
+            continue
+        assert code == 2 and err.count("\n") == 1 and str(p) in err and key in err, (argv, err)

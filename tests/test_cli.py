@@ -40,7 +40,8 @@ def test_default_train_path_short(tmp_path, capsys):
     code, out, err = run(capsys, "predict", "--checkpoint", str(ck), str(npy))
     assert code == 0 and out.startswith("class ") and "probability" in out
     npy_class = out.split(",")[0]
-    from test_png import write_png  # the stdlib PNG reader needs no imaging package
+    pytest.importorskip("PIL", reason="Pillow reads images")
+    from test_images import write_png
     png = tmp_path / "x.png"
     write_png(png, np.round(test.images[0, 0] / 16 * 255)[:, :, None], colour=0)
     code, out, err = run(capsys, "predict", "--checkpoint", str(ck), str(png))

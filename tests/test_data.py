@@ -7,6 +7,7 @@ import pytest
 
 from xpcnn.data import DataLoader, Dataset, Normalizer
 from xpcnn.datasets import load_cifar10, load_dataset, load_digits, load_idx_dataset, read_idx, write_idx
+from xpcnn.errors import InputValueError
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -167,3 +168,113 @@ def test_loader_on_strict_backend():
 def test_fashion_mnist_system_dir():
     train, test = load_dataset("fashion-mnist")
     assert train.images.shape == (60000, 1, 28, 28) and len(test) == 10000 and train.class_names[0] == "T-shirt/top"
+
+
+# -- bounded reads and bad data (issue 14) ---------------------------------------------------------------------
+def test_idx_header_cannot_declare_more_than_the_file_holds(tmp_path):
+    p = tmp_path / "overflow"  # 65536**4 = 2**64 bytes: an int64 product wraps to 0 and matched an empty body
+    p.write_bytes(b"\x00\x00\x08\x04" + np.array([65536] * 4, ">u4").tobytes())
+    with pytest.raises(InputValueError, match=r"overflow: IDX header declares shape \(65536, 65536, 65536, 65536\)"):
+        read_idx(p)
+    g = tmp_path / "bomb.gz"  # 60000x28x28 declared in a 40-byte gzip file: refused before anything is inflated
+    g.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + np.array([60000, 28, 28], ">u4").tobytes()))
+    with pytest.raises(InputValueError, match=r"bomb\.gz: IDX header declares shape \(60000, 28, 28\) "
+                                              rf"\(47,040,000 bytes\), more than this {g.stat().st_size}-byte file"):
+        read_idx(g)
+    g.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x02" + b"abc"))
+    with pytest.raises(InputValueError, match="too long"):
+        read_idx(g)
+
+
+def _cifar_dir(tmp_path, batch, protocol=pickle.HIGHEST_PROTOCOL):
+    d = tmp_path / f"cifar{protocol}"
+    d.mkdir(exist_ok=True)
+    for name in ("data_batch_1", "test_batch"):
+        (d / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    return d
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_pickles_of_every_protocol_load(tmp_path, protocol):
+    """Python 3 pickles bytes as _codecs.encode(str, 'latin1') for protocols 0-2: accepted, and nothing else."""
+    pixels = np.random.default_rng(protocol).integers(0, 256, (3, 3072), dtype=np.uint8)
+    for key, batch in (("array", {b"data": pixels, b"labels": [1, 2, 9]}),
+                       ("str_keys_lists", {"data": pixels.tolist(), "labels": np.array([1, 2, 9])})):
+        (tmp_path / key).mkdir()
+        train, test = load_cifar10(_cifar_dir(tmp_path / key, batch, protocol))
+        np.testing.assert_array_equal(train.images.reshape(3, -1), pixels)
+        assert train.labels.tolist() == [1, 2, 9] and train.images.dtype == np.uint8
+
+
+def test_cifar_codecs_encode_only_as_pickle_uses_it(tmp_path):
+    import codecs
+
+    class Rot13:
+        def __reduce__(self):
+            return (codecs.encode, ("print", "rot13"))
+    d = _cifar_dir(tmp_path, {b"data": Rot13(), b"labels": [0]}, protocol=2)
+    with pytest.raises(InputValueError, match="refusing _codecs.encode other than of a str to latin1"):
+        load_cifar10(d)
+
+
+@pytest.mark.parametrize("data,labels,match", [
+    ([[1_000_000] * 3072], [0], r"pixel values must be in 0\.\.255, got values in 1000000\.\.1000000"),
+    (np.full((1, 3072), 300, np.int64), [0], r"pixel values must be in 0\.\.255"),
+    ([[-1] * 3072], [0], r"pixel values must be in 0\.\.255"),
+    ([[0.5] * 3072], [0], r"pixel values must be integers in 0\.\.255, got float64"),
+    ([[2 ** 70] * 3072], [0], r"pixel values must be integers"),
+    (np.zeros((1, 3072), np.uint8), [2 ** 70], r"labels must be integers"),
+    (np.zeros((1, 3072), np.uint8), [10 ** 12], r"labels must be in 0\.\.9"),
+    (np.zeros((1, 3072), np.uint8), [[0, 1]], r"expected data of shape \(N, 3072\) and N labels"),
+])
+def test_cifar_values_out_of_range_are_refused(tmp_path, data, labels, match):
+    with pytest.raises(InputValueError, match=r"data_batch_1: " + match):
+        load_cifar10(_cifar_dir(tmp_path, {b"data": data, b"labels": labels}))
+
+
+def _h5(path, **extra):
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional [h5] extra")
+    rng = np.random.default_rng(2)
+    with h5py.File(path, "w") as f:
+        arrays = {"train_set_x": rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8), "train_set_y": np.arange(8) % 3,
+                  "test_set_x": rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8), "test_set_y": np.arange(4) % 3}
+        for key, value in {**arrays, **extra}.items():
+            if callable(value):
+                value(f, key)
+            else:
+                f[key] = value
+    return path
+
+
+def test_h5_labels_must_be_class_indices(tmp_path):
+    train, _ = load_dataset("h5", _h5(tmp_path / "whole.h5", train_set_y=np.arange(8.0) % 3))  # whole floats: fine
+    assert train.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 1] and train.num_classes == 3
+    cases = {"float": (dict(train_set_y=np.arange(8) % 3 + 0.5), r"train_set_y holds non-integer labels \(e\.g\. 0\.5"),
+             "nan": (dict(test_set_y=np.array([0, 1, np.nan, 2])), "test_set_y holds non-integer labels"),
+             "huge": (dict(train_set_y=np.array([0, 1, 2, 1e9, 0, 1, 2, 0])), r"label 1000000000 would mean "
+                      r"1,000,000,001 classes for 8 training images"),
+             "negative": (dict(test_set_y=np.array([0, -1, 1, 2])), "test_set_y holds a negative label"),
+             "names": (dict(list_classes=np.array([b"a", b"b"])), r"label 2 is out of range for the 2 classes"),
+             "text": (dict(train_set_y=np.array([b"cat"] * 8)), "train_set_y must hold integer labels"),
+             "nan_images": (dict(test_set_x=np.full((4, 4, 4, 3), np.nan)), "test_set_x holds NaN")}
+    for name, (extra, match) in cases.items():
+        with pytest.raises(InputValueError, match=rf"{name}\.h5: .*{match}"):
+            load_dataset("h5", _h5(tmp_path / f"{name}.h5", **extra))
+
+
+def test_h5_cannot_declare_more_than_the_file_stores(tmp_path, capsys):
+    def huge(f, key):  # 114 GiB declared, no chunk written: the file stays a few kB
+        f.create_dataset(key, shape=(10_000_000, 64, 64, 3), dtype=np.uint8, chunks=(1, 64, 64, 3))
+    p = _h5(tmp_path / "huge.h5", train_set_x=huge)
+    assert p.stat().st_size < 100_000
+    with pytest.raises(InputValueError, match=r"huge\.h5: train_set_x declares shape \(10000000, 64, 64, 3\) "
+                                              r"\(122,880,000,000 bytes\) but the file stores 0 bytes of it"):
+        load_dataset("h5", p)
+    from xpcnn.cli import main
+    assert main(["train", "--dataset", "h5", "--data-dir", str(p), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    def compressed(f, key):  # legitimately compressed data loads
+        f.create_dataset(key, data=np.zeros((8, 4, 4, 3), np.uint8), compression="gzip")
+    train, _ = load_dataset("h5", _h5(tmp_path / "gzip.h5", train_set_x=compressed))
+    assert train.images.shape == (8, 3, 4, 4)

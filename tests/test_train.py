@@ -144,3 +144,30 @@ def test_fashion_mnist_one_short_epoch():
     hist = fit(model, opt, xpcnn.CrossEntropyLoss(), loader, epochs=1, progress=False,
                val_data=DataLoader(test, 250, backend=model.backend, normalizer=norm))
     assert hist[0]["test_accuracy"] > 0.6  # chance is 0.1
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_silent_otherwise(monkeypatch):
+    import io
+    from xpcnn.train import Progress
+
+    monkeypatch.setattr(Progress, "MIN_INTERVAL", 0.0)  # draw every update
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        bar = Progress(5, "epoch 1/2", stream=stream, initial=1)
+        for step in (2, 3, 5):
+            bar.update(step, step * 32, 0.25)
+        bar.close()
+        out = stream.getvalue()
+        if shown:  # tqdm's counter, elapsed<remaining (ETA) and rate, with our loss and images per second
+            assert "epoch 1/2" in out and "5/5" in out and "batch/s" in out and "<" in out, out
+            assert "loss 0.2500" in out and "img/s" in out
+        else:
+            assert out == ""
+    quiet = Terminal()
+    bar = Progress(5, "x", enabled=False, stream=quiet)
+    bar.update(5, 160, 0.1)
+    bar.close()
+    assert quiet.getvalue() == ""

@@ -26,6 +26,7 @@ Peak memory, never estimated:
 from __future__ import annotations
 
 import gc
+import io
 import os
 import platform
 import statistics
@@ -39,6 +40,7 @@ import numpy as np
 from . import config, parallel, replicas
 from .backend import Backend, get_backend
 from .errors import InputValueError
+from .files import atomic_write
 from .parity import MODEL_INPUTS
 
 SCHEMA = "xpcnn-bench/1"
@@ -551,5 +553,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
                  f"BLAS threads" + (f", GPU {m['gpus'][0]}" if isinstance(m.get("gpus"), list) and m["gpus"] else ""),
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=110)
     plt.close(fig)
+    atomic_write(path, image.getvalue())

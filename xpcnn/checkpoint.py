@@ -1,128 +1,69 @@
 """Checkpoints: one safetensors file holding tensors and JSON metadata, written atomically.
 
-Layout of a checkpoint file (the documented safetensors format, written here
-in a few lines so the core needs no extra dependency; the ``safetensors``
-library and PyTorch read it as is):
+Layout of a checkpoint file (written and read with the ``safetensors`` library's NumPy API, so
+PyTorch and every safetensors reader load it as is):
 
 - model parameters and buffers under PyTorch's names (``"0.weight"``, ``"1.running_mean"``);
 - optimizer state under ``"optim.<index>.<name>"``;
 - ``__metadata__["xpcnn"]``: JSON with the architecture, options, epoch, RNG states
   (loader shuffle, dropout masks), normalisation, history and versions.
 
-A save goes to a temporary file in the same directory, is fsynced, then
-``os.replace``\\ d over the target: an interrupted save never leaves a broken file.
+A save goes through :func:`xpcnn.files.atomic_write` (temporary file, fsync, rename; symlinks
+written through, non-regular files refused): an interrupted save never leaves a broken file.
+A load checks the metadata's structure (:data:`META_SCHEMA`) and every tensor's dtype, so a
+hand-edited file fails with one line naming the file and the key.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import stat
 import struct
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backend import to_numpy
-from .errors import InputTypeError, InputValueError
+from .errors import InputError, InputTypeError, InputValueError
+from .files import atomic_write
 
 FORMAT = "xpcnn-checkpoint"
 VERSION = 1
 OPTIM_PREFIX = "optim."
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64,
-           "BOOL": np.bool_}
-_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
 # -- the safetensors format ------------------------------------------------
 def encode_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
-    """Bytes of a safetensors file: u64 header length, JSON header (8-byte aligned), raw little-endian data."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    chunks, offset = [], 0
+    """Bytes of a safetensors file (the ``safetensors`` library's writer)."""
+    from safetensors.numpy import save
+
+    arrays = {}
     for name, a in tensors.items():
-        a = np.asarray(a)
-        if a.dtype not in _CODES:
+        a = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+        if a.dtype.kind not in "biuf":
             raise InputTypeError(f"checkpoint: tensor {name!r} has unsupported dtype {a.dtype}")
-        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+        arrays[name] = a
+    return save(arrays, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
 
 
 def decode_safetensors(raw: bytes, where: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``(tensors, metadata)`` from safetensors bytes, with every offset checked."""
-    if len(raw) < 8:
-        raise InputValueError(f"{where}: not a checkpoint (file too short)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise InputValueError(f"{where}: not a checkpoint or truncated (header length {n} > file size)")
+    """``(tensors, metadata)`` from safetensors bytes; the library checks every offset (no overlaps, no gaps)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
     try:
-        header = json.loads(raw[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputValueError(f"{where}: not a checkpoint (unreadable header)") from None
-    if not isinstance(header, dict):
-        raise InputValueError(f"{where}: not a checkpoint (header is not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(raw)[8 + n:]
-    tensors = {}
-    for name, info in header.items():
-        try:
-            dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
-            begin, end = (int(v) for v in info["data_offsets"])
-            shape = tuple(int(d) for d in info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise InputValueError(f"{where}: bad entry for tensor {name!r}") from None
-        if not 0 <= begin <= end <= len(body) or end - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise InputValueError(f"{where}: tensor {name!r} lies outside the file (truncated checkpoint?)")
-        tensors[name] = np.frombuffer(body[begin:end], dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        tensors = load(bytes(raw))
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing: ")
+        hint = " (truncated?)" if "not fully covered" in reason or "too small" in reason else ""
+        raise InputValueError(f"{where}: not a checkpoint or a damaged one: {reason}{hint}") from None
+    (n,) = struct.unpack("<Q", raw[:8])  # the library has checked the header: valid JSON of string metadata
+    metadata = json.loads(bytes(raw[8:8 + n])).get("__metadata__") or {}
     return tensors, metadata
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"cannot save checkpoint: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX); not possible everywhere
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _file_mode(path: Path) -> int:
-    """The existing file's permissions, else 0666 less the umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 # -- training state --------------------------------------------------------
@@ -168,27 +109,110 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, *, epoch: in
     atomic_write(path, encode_safetensors(tensors, {"xpcnn": json.dumps(meta)}))
 
 
+# What each metadata entry must be when present (``float`` accepts integers too; ``int`` never accepts bools).
+# A checkpoint edited by hand fails here with one line naming the file and the key, not deep in a restore.
+META_SCHEMA: dict[str, Any] = {
+    "epoch": int, "dtype": str, "saved_on": str, "versions": dict, "layers": list, "dropout_rng": dict,
+    "optimizer": {"class": str, "steps": int, "lr": float},
+    "loader": {"epoch_start": dict, "current": dict, "position": int, "batches": int},
+    "architecture": str, "model_args": {"in_channels": int, "num_classes": int, "image_size": int},
+    "options": dict, "normalizer": {"mean": list, "std": list, "scale": float}, "class_names": list, "history": list,
+}
+TRAIN_KEYS = ("architecture", "model_args", "normalizer", "loader", "optimizer")  # what `xpcnn train` resumes from
+
+
+def _check_meta(meta: Any, where: str) -> None:
+    if not isinstance(meta, dict):
+        raise InputValueError(f"{where}: checkpoint metadata is a {type(meta).__name__}, not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise InputValueError(f"{where}: not an xpcnn checkpoint")
+    _check_fields(meta, META_SCHEMA, where, "")
+    _check_values(meta, where)
+
+
+def _check_fields(value: dict, schema: dict, where: str, prefix: str) -> None:
+    """Top-level entries are optional (a checkpoint saved from Python has fewer); nested ones are required."""
+    for key, kind in schema.items():
+        name = prefix + key
+        if key not in value:
+            if prefix:
+                raise InputValueError(f"{where}: checkpoint metadata has no {name!r}")
+            continue
+        v = value[key]
+        if isinstance(kind, dict):
+            if not isinstance(v, dict):
+                raise InputValueError(f"{where}: checkpoint metadata {name!r} must be an object, got {_json_kind(v)}")
+            _check_fields(v, kind, where, name + ".")
+        elif not _is(v, kind):
+            raise InputValueError(f"{where}: checkpoint metadata {name!r} must be {_json_name(kind)}, "
+                                  f"got {_json_kind(v)}")
+        elif kind is int and v < 0:
+            raise InputValueError(f"{where}: checkpoint metadata {name!r} must be >= 0, got {v}")
+
+
+def _check_values(meta: dict, where: str) -> None:
+    """The entries whose contents, not only types, the commands rely on."""
+    def bad(key: str, what: str):
+        raise InputValueError(f"{where}: checkpoint metadata {key!r} must be {what}")
+    if any(v < 1 for v in meta.get("model_args", {}).values() if _is(v, int)):
+        bad("model_args", "positive integers")
+    norm = meta.get("normalizer")
+    if norm is not None:
+        mean, std = norm["mean"], norm["std"]
+        if not (mean and len(mean) == len(std) and all(_is(v, float) and math.isfinite(v) for v in mean + std)
+                and all(v > 0 for v in std) and math.isfinite(norm["scale"]) and norm["scale"] > 0):
+            bad("normalizer", "equally long lists of finite means and positive std and a positive scale")
+    if not all(isinstance(r, dict) for r in meta.get("history", [])):
+        bad("history", "a list of objects")
+    names, classes = meta.get("class_names"), meta.get("model_args", {}).get("num_classes")
+    if names and (not all(isinstance(c, str) for c in names) or (classes is not None and len(names) != classes)):
+        bad("class_names", f"a list of {classes if classes is not None else 'the'} class names (strings)")
+
+
+def _is(v: Any, kind: type) -> bool:
+    if isinstance(v, bool):
+        return kind is bool
+    return isinstance(v, (int, float)) if kind is float else isinstance(v, kind)
+
+
+def _json_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}[kind]
+
+
+def _json_kind(v: Any) -> str:
+    for kind in (bool, int, float, str, list, dict):
+        if isinstance(v, kind):
+            return "true/false" if kind is bool else _json_name(kind)
+    return "null" if v is None else type(v).__name__
+
+
 class Checkpoint:
     """A loaded checkpoint: ``model_state`` (name -> NumPy), ``optimizer_state`` and ``meta`` (dict)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         try:
-            raw = Path(path).read_bytes()
+            mode = os.stat(path).st_mode
         except FileNotFoundError:
             raise FileNotFoundError(f"checkpoint {self.path!r} does not exist") from None
-        except IsADirectoryError:
-            raise IsADirectoryError(f"checkpoint {self.path!r} is a directory, not a file") from None
+        if not stat.S_ISREG(mode):  # a FIFO would block, /dev/zero never ends
+            raise InputValueError(f"checkpoint {self.path!r} is not a regular file")
+        raw = Path(path).read_bytes()
         tensors, metadata = decode_safetensors(raw, self.path)
         try:
             self.meta = json.loads(metadata["xpcnn"])
         except (KeyError, json.JSONDecodeError):
             raise InputValueError(f"{self.path}: a safetensors file, but not an xpcnn checkpoint (no xpcnn metadata)") \
                 from None
-        if self.meta.get("format") != FORMAT:
-            raise InputValueError(f"{self.path}: not an xpcnn checkpoint")
+        _check_meta(self.meta, self.path)
         self.model_state = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
         self.optimizer_tensors = {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
+
+    def require(self, *keys: str) -> None:
+        """Refuse, naming the first missing key, a checkpoint that lacks what the caller needs."""
+        for key in keys:
+            if key not in self.meta:
+                raise InputValueError(f"{self.path}: checkpoint metadata has no {key!r}")
 
     @property
     def epoch(self) -> int:
@@ -200,26 +224,56 @@ class Checkpoint:
             return None
         return {"steps": info["steps"], "lr": info["lr"], "state": dict(self.optimizer_tensors)}
 
+    @contextmanager
+    def _restoring(self, key: str):
+        """Turn a malformed nested entry (an RNG state edited by hand) into one line naming the file and key."""
+        try:
+            yield
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise InputValueError(f"{self.path}: checkpoint metadata {key!r} is malformed "
+                                  f"({type(e).__name__}: {e})") from None
+
+    def _check_dtypes(self, model) -> None:
+        """Each tensor must be of the kind the model holds there, and floats of the dtype the checkpoint records."""
+        saved = self.meta.get("dtype")
+        mine = {k: np.dtype(to_numpy(v).dtype).kind for k, v in model.state_dict().items()}
+        tensors = [(k, v, mine.get(k)) for k, v in self.model_state.items()]
+        tensors += [(OPTIM_PREFIX + k, v, "f") for k, v in self.optimizer_tensors.items()]
+        for key, value, kind in tensors:
+            if kind is not None and (value.dtype.kind != kind or (kind == "f" and saved and value.dtype != saved)):
+                want = saved if kind == "f" and saved else {"f": "floating", "i": "integer", "u": "integer",
+                                                              "b": "bool"}.get(kind, kind)
+                raise InputValueError(f"{self.path}: tensor {key!r} is {value.dtype}, the model needs {want}")
+
     def load_into(self, model, optimizer=None, loader=None) -> "Checkpoint":
         """Copy the saved state into ``model`` (any backend) and, if given, ``optimizer`` and ``loader``."""
         arch = self.meta.get("architecture")
         mine = getattr(model, "architecture", None)
         if arch and mine and arch != mine:
             raise InputValueError(f"{self.path}: checkpoint of architecture {arch!r}, but the model is {mine!r}")
+        self._check_dtypes(model)
         try:
             model.load_state_dict(self.model_state)
         except ValueError as e:
             raise InputValueError(f"{self.path}: checkpoint does not fit this model ({e})") from None
-        load_dropout_states(model, self.meta.get("dropout_rng", {}))
+        with self._restoring("dropout_rng"):
+            load_dropout_states(model, self.meta.get("dropout_rng", {}))
         if optimizer is not None:
             saved = self.meta.get("optimizer", {}).get("class")
             if saved and saved != type(optimizer).__name__:
                 raise InputValueError(f"{self.path}: checkpoint optimizer is {saved}, not {type(optimizer).__name__}")
             state = self.optimizer_state()
             if state is not None:
-                optimizer.load_state_dict(state)
+                with self._restoring("optimizer"):
+                    optimizer.load_state_dict(state)
         if loader is not None and "loader" in self.meta:
-            loader.load_state_dict(self.meta["loader"])
+            with self._restoring("loader"):
+                state = self.meta["loader"]
+                # epoch_start is only applied when iteration restarts: probe it now, on a spare generator
+                type(loader.rng.bit_generator)().state = state["epoch_start"]
+                loader.load_state_dict(state)
         return self
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -116,30 +118,43 @@ def _idx_path(directory: Path, stem: str) -> Path:
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Deflate cannot compress better than about 1032:1, so a .gz file of n bytes holds at most 1032 n bytes of data:
+# the bound on what a gzipped file may declare before anything is allocated.
+DEFLATE_MAX_RATIO = 1032
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """One IDX array (gzip or raw), with its magic number and length checked."""
+    """One IDX array (gzip or raw), with its magic number checked and its declared size bounded by the file's."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            gz = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            f = gzip.GzipFile(fileobj=file) if gz else file
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES or magic[3] == 0:
+                raise InputValueError(f"{path}: not an IDX file (wrong magic number {magic.hex() or 'empty'})")
+            dtype, ndim = np.dtype(_IDX_TYPES[magic[2]]), magic[3]
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise InputValueError(f"{path}: truncated IDX header")
+            dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
+            expected = math.prod(dims) * dtype.itemsize  # Python integers: no overflow
+            room = size * DEFLATE_MAX_RATIO if gz else size - 4 - 4 * ndim
+            if expected > room:
+                raise InputValueError(f"{path}: IDX header declares shape {dims} ({expected:,} bytes), more than "
+                                      f"this {size:,}-byte file can hold (truncated or corrupt)")
+            body = f.read(expected + 1)  # one byte more shows a file that is too long
+    except (OSError, EOFError, zlib.error) as e:
         raise InputValueError(f"{path}: cannot read IDX file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise InputValueError(f"{path}: not an IDX file (wrong magic number {raw[:4].hex() or 'empty'})")
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise InputValueError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    expected = header + int(np.prod(dims)) * dtype.itemsize
-    if len(raw) != expected:
-        raise InputValueError(f"{path}: IDX file is {'truncated' if len(raw) < expected else 'too long'}: "
-                         f"{len(raw)} bytes for shape {dims}, expected {expected}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    if len(body) < expected:
+        raise InputValueError(f"{path}: IDX file is truncated: {len(body):,} of the {expected:,} data bytes its "
+                              f"header declares for shape {dims}")
+    if len(body) > expected:
+        raise InputValueError(f"{path}: IDX file is too long: more than the {expected:,} data bytes its header "
+                              f"declares for shape {dims}")
+    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -150,8 +165,15 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 # -- CIFAR-10 --------------------------------------------------------------
+def _latin1_bytes(text, encoding="latin1"):
+    """Python 3 pickles bytes for protocols 0-2 as ``_codecs.encode(str, "latin1")``: allow exactly that call."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of a str to latin1 in a data file")
+    return text.encode("latin-1")
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """Only NumPy array reconstruction is allowed: a data file must not run code."""
+    """Only NumPy array reconstruction (and latin-1 bytes) is allowed: a data file must not run code."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
@@ -159,6 +181,8 @@ class _ArrayUnpickler(pickle.Unpickler):
                 ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
@@ -168,13 +192,29 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-        data = np.asarray(d[b"data"] if b"data" in d else d["data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"] if b"labels" in d else d["labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        data = _integers(d[b"data"] if b"data" in d else d["data"], path, "pixel values", 255)
+        labels = _integers(d[b"labels"] if b"labels" in d else d["labels"], path, "labels", len(CIFAR10_CLASSES) - 1)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        if isinstance(e, InputValueError):
+            raise
         raise InputValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise InputValueError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
+        raise InputValueError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and "
+                              f"{labels.shape}")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _integers(values, path: Path, what: str, high: int) -> np.ndarray:
+    """``values`` (an array or nested lists) as integers in ``0..high``; anything else is refused, not wrapped."""
+    try:
+        a = np.asarray(values)
+    except (OverflowError, ValueError) as e:
+        raise InputValueError(f"{path}: {what} are not an array of integers ({e})") from None
+    if a.dtype.kind not in "iu":
+        raise InputValueError(f"{path}: {what} must be integers in 0..{high}, got {a.dtype} values")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > high):
+        raise InputValueError(f"{path}: {what} must be in 0..{high}, got values in {int(a.min())}..{int(a.max())}")
+    return a
 
 
 def load_cifar10(directory: str | os.PathLike) -> tuple[Dataset, Dataset]:
@@ -194,8 +234,11 @@ def load_cifar10(directory: str | os.PathLike) -> tuple[Dataset, Dataset]:
 
 
 # -- HDF5 ------------------------------------------------------------------
+H5_KEYS = ("train_set_x", "train_set_y", "test_set_x", "test_set_y")
+
+
 def load_h5(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
-    """An HDF5 file with NHWC (or NHW) uint8 ``train_set_x``/``test_set_x`` and labels ``*_set_y``."""
+    """An HDF5 file with NHWC (or NHW) uint8 ``train_set_x``/``test_set_x`` and integer labels ``*_set_y``."""
     try:
         import h5py
     except ImportError:
@@ -205,16 +248,22 @@ def load_h5(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
         raise FileNotFoundError(f"HDF5 file {str(path)!r} does not exist")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("train_set_x", "train_set_y", "test_set_x", "test_set_y") if k not in f]
+            missing = [k for k in H5_KEYS if k not in f]
             if missing:
                 raise InputValueError(f"{path}: missing data set(s) {', '.join(missing)}")
-            arrays = {k: np.asarray(f[k]) for k in ("train_set_x", "train_set_y", "test_set_x", "test_set_y")}
-            names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in f["list_classes"][()]) \
+            arrays = {k: _read_h5(f, k, path) for k in H5_KEYS}
+            names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in _read_h5(f, "list_classes", path)) \
                 if "list_classes" in f else None
     except OSError as e:
         raise InputValueError(f"{path}: not a readable HDF5 file ({e})") from None
-    ys = [arrays["train_set_y"].reshape(-1), arrays["test_set_y"].reshape(-1)]
-    num_classes = len(names) if names else max(2, int(max(y.max(initial=0) for y in ys)) + 1)
+    ys = [_h5_labels(arrays[f"{split}_set_y"].reshape(-1), path, split) for split in ("train", "test")]
+    top = int(max(y.max(initial=0) for y in ys))
+    if names and top >= len(names):
+        raise InputValueError(f"{path}: label {top} is out of range for the {len(names)} classes in list_classes")
+    if not names and top >= max(2, len(ys[0])):  # classes 0..top, most of them without a single training image
+        raise InputValueError(f"{path}: label {top} would mean {top + 1:,} classes for {len(ys[0]):,} training images;"
+                              " labels must be class indices 0..K-1 (or give list_classes)")
+    num_classes = len(names) if names else max(2, top + 1)
     out = []
     for split, y in zip(("train", "test"), ys):
         x = arrays[f"{split}_set_x"]
@@ -222,7 +271,41 @@ def load_h5(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
             x = x[..., None]
         if x.ndim != 4:
             raise InputValueError(f"{path}: {split}_set_x must be (N, H, W, C) or (N, H, W), got {x.shape}")
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise InputValueError(f"{path}: {split}_set_x holds NaN or infinite values")
         scale = 255.0 if x.dtype.kind in "ui" else float(max(1.0, x.max(initial=1.0)))
-        out.append(Dataset(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y.astype(np.int64), num_classes, scale,
-                           path.stem, names))
+        out.append(Dataset(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, num_classes, scale, path.stem, names))
     return out[0], out[1]
+
+
+def _read_h5(f, key: str, path: Path) -> np.ndarray:
+    """A data set read whole, once its declared size is known to fit what the file stores (a 50 KB file must not
+    make us allocate 114 GiB): raw data at most its storage, compressed data at most DEFLATE_MAX_RATIO times it."""
+    d = f[key]
+    if not hasattr(d, "shape") or d.dtype.kind not in "biufSUO":
+        raise InputValueError(f"{path}: {key} is not an array of numbers or strings")
+    declared = math.prod(d.shape) * d.dtype.itemsize
+    stored = d.id.get_storage_size()
+    compressed = d.id.get_create_plist().get_nfilters() > 0
+    if declared > stored * (DEFLATE_MAX_RATIO if compressed else 1):
+        raise InputValueError(f"{path}: {key} declares shape {d.shape} ({declared:,} bytes) but the file stores "
+                              f"{stored:,} bytes of it")
+    return np.asarray(d)
+
+
+def _h5_labels(y: np.ndarray, path: Path, split: str) -> np.ndarray:
+    """Integer class indices; floats only when they are whole numbers (never silently truncated)."""
+    where = f"{path}: {split}_set_y"
+    if y.dtype.kind == "f":
+        bad = y[~np.isfinite(y) | (y != np.floor(y))] if y.size else y
+        if bad.size:
+            raise InputValueError(f"{where} holds non-integer labels (e.g. {bad[0].item()!r}); labels must be "
+                                  "class indices")
+    elif y.dtype.kind not in "biu":
+        raise InputValueError(f"{where} must hold integer labels, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise InputValueError(f"{where} holds a negative label ({y.min().item()!r}); labels must be class "
+                              "indices 0..K-1")
+    if y.size and y.max() > np.iinfo(np.int64).max // 2:
+        raise InputValueError(f"{where} holds label {y.max().item()!r}, far beyond any number of classes")
+    return y.astype(np.int64)

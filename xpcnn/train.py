@@ -48,33 +48,30 @@ TALLY_KEYS = ("loss_sum", "correct", "seen", "seconds")  # an epoch's running su
 
 
 class Progress:
-    """A one-line progress bar on stderr (only on a terminal); a no-op when disabled."""
+    """The per-epoch bar on stderr (tqdm: rate, ETA, terminal width), only on a terminal; a no-op when disabled."""
 
-    def __init__(self, total: int, desc: str, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) if enabled is None \
-            else enabled
-        self.total, self.desc, self.start = total, desc, time.perf_counter()
+    MIN_INTERVAL = 0.1  # seconds between redraws
+
+    def __init__(self, total: int, desc: str, enabled: bool | None = None, stream=None, initial: int = 0):
+        stream = stream or sys.stderr
+        if enabled is None:
+            enabled = stream.isatty() if hasattr(stream, "isatty") else False
+        self.bar, self.start = None, time.perf_counter()
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", file=stream, leave=False,
+                            dynamic_ncols=True, mininterval=self.MIN_INTERVAL)
 
     def update(self, done: int, images: int, loss: float | None) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done < self.total and now - getattr(self, "_last", 0.0) < 0.1:  # at most ~10 redraws a second
-            return
-        self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        width = 24
-        filled = int(width * done / max(self.total, 1))
-        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
-        self.stream.write(f"\r{self.desc} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
-                          f"{loss_txt} {images / elapsed:,.0f} img/s ")
-        self.stream.flush()
+        if self.bar is not None:
+            rate = images / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str((f"loss {loss:.4f}, " if loss is not None else "") + f"{rate:,.0f} img/s",
+                                     refresh=False)
+            self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextmanager
@@ -206,7 +203,7 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
     model.train()
     total = len(data) if hasattr(data, "__len__") else 0
     first = getattr(data, "position", 0) if getattr(data, "_resume", False) else 0
-    bar = Progress(total, f"epoch {epoch}/{epochs}", progress)
+    bar = Progress(total, f"epoch {epoch}/{epochs}", progress, initial=first)
     pending: list = []          # per-step losses not yet read back
     tally = _Tally(saved if first else None)
     images = 0                  # this call's, for the progress bar's rate

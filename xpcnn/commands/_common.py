@@ -63,6 +63,7 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
                          "load it with xpcnn.load_checkpoint(path, model)")
     if arch not in MODELS:
         raise InputValueError(f"{ckpt.path}: unknown architecture {arch!r}; valid models are {', '.join(MODELS)}")
+    ckpt.require("normalizer")
     model = build_model(arch, args["in_channels"], args["num_classes"], args["image_size"],
                         backend=backend or "numpy", dtype=ckpt.meta.get("dtype", "float32"))
     ckpt.load_into(model)

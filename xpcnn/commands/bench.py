@@ -67,6 +67,10 @@ def _command_line(args) -> str:
 def run(args) -> int:
     from ..bench import format_report, plot_report, run_benchmark
     from ..cli import CLIError
+    from ..files import atomic_write, check_output
+
+    check_output(args.json)  # a bad output path is refused before the benchmark, not after it
+    check_output(args.plot)
 
     try:
         batch_sizes = [int(b) for b in _csv(args.batch_sizes)]
@@ -83,8 +87,7 @@ def run(args) -> int:
     report["command"] = _command_line(args)
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write(args.json, json.dumps(report, indent=2).encode())
         print(f"wrote {args.json}")
     if args.plot:
         try:

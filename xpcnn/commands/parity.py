@@ -44,7 +44,10 @@ def run(args) -> int:
     import json
 
     from ..cli import CLIError
+    from ..files import atomic_write, check_output
     from ..parity import compare_layers, compare_models, compare_ops
+
+    check_output(args.json)
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if len(backends) != 2:
@@ -71,8 +74,7 @@ def run(args) -> int:
         print()
     ok = all(r.ok for r in reports)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"ok": ok, "reports": [r.to_dict() for r in reports]}, f, indent=2)
+        atomic_write(args.json, json.dumps({"ok": ok, "reports": [r.to_dict() for r in reports]}, indent=2).encode())
     print("parity: OK" if ok else "parity: FAILED (differences beyond tolerance above)",
           file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

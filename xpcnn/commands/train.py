@@ -7,6 +7,7 @@ win), weights, optimizer and RNG state, and continues exactly where it stopped.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim
-from ..checkpoint import Checkpoint, save_checkpoint
+from ..checkpoint import TRAIN_KEYS, Checkpoint, save_checkpoint
 from ..cli import CLIError
 from ..data import DataLoader, Normalizer
 from ..layers import CrossEntropyLoss
@@ -23,6 +24,7 @@ from ._common import (add_backend_arguments, add_data_arguments, blas_threads, d
                       make_model)
 from ..errors import InputValueError
 from ._types import non_negative, positive, real, seed
+from ..files import append_line, atomic_write, output_locks
 
 HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 seconds on a CPU)"
 
@@ -105,6 +107,13 @@ def _check_plot_available(path: str | None) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CLIError('--plot needs matplotlib: pip install "xpcnn[plot]"') from None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        if _plot_format(path) not in FigureCanvasAgg.get_supported_filetypes():
+            raise CLIError(f"--plot {path}: unknown image type {_plot_format(path)!r}; use .png, .pdf or .svg")
+
+
+def _plot_format(path: str) -> str:
+    return Path(path).suffix[1:].lower() or "png"
 
 
 def write_plot(path: str, history: list[dict]) -> None:
@@ -124,18 +133,22 @@ def write_plot(path: str, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format=_plot_format(path), dpi=100)
     plt.close(fig)
+    atomic_write(path, image.getvalue())
 
 
 def run(args) -> int:
-    _check_plot_available(args.plot)
     ckpt = Checkpoint(args.resume) if args.resume else None
     saved = ckpt.meta.get("options") if ckpt else None
     if ckpt is not None and not isinstance(saved, dict):
         raise CLIError(f"{args.resume}: this checkpoint was not written by `xpcnn train`; resume it from Python")
+    if ckpt is not None:
+        ckpt.require(*TRAIN_KEYS)
     o = resolve_options(args, saved, args.resume)
-    with blas_threads(o["threads"], args.parallel):
+    with output_locks(args.checkpoint, args.metrics, args.plot), blas_threads(o["threads"], args.parallel):
+        _check_plot_available(args.plot)
         return _train(args, ckpt, o)
 
 
@@ -185,8 +198,7 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
             f"acc {record['test_accuracy']:.4f} | {record['seconds']:.1f}s, "
             f"{record['images_per_second']:,.0f} img/s")
         if args.metrics:
-            with open(args.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(args.metrics, json.dumps(record))
         save(record["epoch"])
 
     try:
