@@ -252,3 +252,22 @@ def test_metadata_edited_by_hand_is_one_line(tmp_path, capsys, trained, edit, ke
             assert argv[0] == "predict" and "loader" in key
             continue
         assert code == 2 and err.count("\n") == 1 and str(p) in err and key in err, (argv, err)
+
+
+def test_new_checkpoints_load_in_xpcnn_0_1_0(tmp_path):
+    """xpcnn 0.1.0 read checkpoints with its own decoder (tests/data/legacy_reader.py, verbatim): it reads ours."""
+    import sys
+    sys.path.insert(0, str(LEGACY.parent))
+    from legacy_reader import decode_safetensors as legacy_decode
+    sys.path.pop(0)
+    m = small("vgg-small")
+    opt = xpcnn.optim.Adam(m.parameters(), lr=1e-3)
+    p = tmp_path / "new.ckpt"
+    save_checkpoint(p, m, opt, epoch=2, metadata={"architecture": "vgg-small"})
+    tensors, metadata = legacy_decode(p.read_bytes())
+    ours = Checkpoint(p)
+    assert json.loads(metadata["xpcnn"]) == ours.meta
+    assert set(tensors) == set(ours.model_state) | {"optim." + k for k in ours.optimizer_tensors}
+    for k, v in ours.model_state.items():
+        assert tensors[k].dtype == v.dtype and tensors[k].shape == v.shape
+        np.testing.assert_array_equal(tensors[k], v)

@@ -159,7 +159,7 @@ def output_lock(path: str | os.PathLike | None) -> Iterator[None]:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise _naming(e, lock) from None
+        raise _naming(e, lock, "cannot create the lock") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -171,10 +171,10 @@ def output_lock(path: str | os.PathLike | None) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _naming(e: OSError, path) -> OSError:
+def _naming(e: OSError, path, doing: str = "cannot save") -> OSError:
     """The same error (type and errno) with ``path`` as its file name, so the one-line message says which file."""
-    return type(e)(e.errno, f"cannot save: {e.strerror or e}", os.fspath(path)) if e.errno else \
-        OSError(f"cannot save {os.fspath(path)}: {e}")
+    return type(e)(e.errno, f"{doing}: {e.strerror or e}", os.fspath(path)) if e.errno else \
+        OSError(f"{doing} {os.fspath(path)}: {e}")
 
 
 def _file_mode(path: Path) -> int:
