@@ -49,7 +49,7 @@ LAYER_CASES = [  # (in, out, kernel, stride, padding, dilation, groups)
 ]
 
 
-def _ref_layer(x, w, b, case, mode):
+def _ref_layer(x, case, mode):
     _, _, k, s, p, d, g = case
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     pads = ref.pads_of(p if isinstance(p, str) else pair(p), pair(k), pair(d), pair(s))
@@ -64,7 +64,7 @@ def test_conv2d_padding_mode_numpy(mode, case, rng):
     layer = model[0]
     x = rng.standard_normal((2, case[0], 6, 5))
     w, b = layer.weight.data, layer.bias.data
-    xpad, pads, (s, d, g) = _ref_layer(x, w, b, case, mode)
+    xpad, pads, (s, d, g) = _ref_layer(x, case, mode)
     y = model(x)
     assert_close(y, ref.conv2d_forward(xpad, w, b, s, (0, 0, 0, 0), d, g), 1e-7, "forward")
     dy = rng.standard_normal(y.shape)
@@ -89,7 +89,7 @@ def test_conv2d_padding_mode_strict(mode, key, rng):
     layer = model[0]
     x = env.ref_input(rng.standard_normal((2, case[0], 6, 5)))
     w, b = env.get(layer.weight.data), env.get(layer.bias.data)
-    xpad, pads, (s, d, g) = _ref_layer(x, w, b, case, mode)
+    xpad, pads, (s, d, g) = _ref_layer(x, case, mode)
     y = model(env.put(x))
     assert_close(env.get(y), ref.conv2d_forward(xpad, w, b, s, (0, 0, 0, 0), d, g), env.tol, "forward")
     dy = env.ref_input(rng.standard_normal(tuple(y.shape)))
@@ -150,3 +150,18 @@ def test_conv2d_padding_mode_matches_torch(mode, rng):
     tparams = dict(net.named_parameters())
     for name, p in model.named_parameters():
         assert_close(p.grad, tparams[name].grad.numpy(), 1e-12, f"{name}.grad")
+
+
+def test_checkpoint_round_trip_keeps_padding_mode_and_pool_options(tmp_path, rng):
+    def build(seed):
+        return xpcnn.Sequential(xpcnn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+                                xpcnn.MaxPool2d(3, 2, 1, 2, ceil_mode=True), xpcnn.AvgPool2d(2, 1, 1, True, False),
+                                xpcnn.AdaptiveMaxPool2d((2, None)), backend="numpy", dtype="float64", seed=seed)
+    model = build(0)
+    x = rng.standard_normal((2, 2, 9, 8))
+    xpcnn.save_checkpoint(tmp_path / "m.ckpt", model)
+    ckpt = xpcnn.load_checkpoint(tmp_path / "m.ckpt", build(1))
+    assert list(ckpt.model_state) == ["0.weight", "0.bias"]
+    other = build(1)
+    assert not np.allclose(other(x), model(x))  # other weights before loading
+    assert_close(other.load_state_dict(ckpt.model_state)(x), model(x), 1e-15, "same outputs")

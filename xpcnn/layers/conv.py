@@ -18,9 +18,9 @@ class Conv2d(Module):
 
     Weight ``(out_channels, in_channels // groups, kh, kw)`` and bias ``(out_channels,)``,
     initialised as PyTorch does (Kaiming-uniform with a=sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
-    ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``. ``padding_mode`` "reflect",
-    "replicate" or "circular" pads the input so (``torch.nn.functional.pad``) before an unpadded convolution,
-    as PyTorch; its backward folds the border gradients back onto the elements they copy.
+    ``padding`` is an int, an (h, w) pair, ``"same"`` (stride 1) or ``"valid"``. With ``padding_mode``
+    "reflect", "replicate" or "circular" the input is padded as ``torch.nn.functional.pad`` does, then convolved
+    unpadded (as PyTorch); the backward folds the border gradients back onto the elements they copy.
     """
 
     can_skip_input_grad = True
