@@ -37,3 +37,17 @@ def test_training_step_on_the_gpu_plan_has_no_host_sync():
         assert r["syncs"] == 0, (model, r["syncs_by_section"])
         assert r["by_section"]["optimizer.step"] <= 6 and r["by_section"]["optimizer.zero_grad"] == 1, model
         assert r["ops"] > 100, model  # the whole step was counted
+
+
+def test_count_ops_command(capsys, tmp_path):
+    import json
+
+    from xpcnn import cli
+    out = tmp_path / "counts.json"
+    assert cli.main(["count-ops", "--models", "digits-cnn", "--batch-sizes", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "digits-cnn" in text and "gpu plan" in text
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["model"], row["batch_size"], row["syncs"]) == ("digits-cnn", 2, 0)
+    assert cli.main(["count-ops", "--models", "resnet"]) == 2
+    assert "unknown model" in capsys.readouterr().err

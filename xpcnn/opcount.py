@@ -61,6 +61,7 @@ class OpCounter:
         self.syncs_by_section: collections.Counter = collections.Counter()
         self.by_name: collections.Counter = collections.Counter()
         self.bytes = 0  # array bytes read and written by the operations that are not views (a traffic estimate)
+        self.bytes_by_section: collections.Counter = collections.Counter()
         self.section = "other"
         self._local = threading.local()
 
@@ -75,6 +76,7 @@ class OpCounter:
 
     def reset(self) -> None:
         self.ops = self.syncs = self.bytes = 0
+        self.bytes_by_section.clear()
         self.by_section.clear()
         self.syncs_by_section.clear()
         self.by_name.clear()
@@ -97,11 +99,14 @@ class OpCounter:
                 out = fn(*args, **kwargs)
             finally:
                 local.depth = depth
+            moved = 0
             if depth == 0 and name == "__setitem__":  # the value read, as many bytes written
-                self.bytes += 2 * _nbytes(args[2])
+                moved = 2 * _nbytes(args[2])
             elif depth == 0 and not sync and name not in VIEW_OPS:
-                self.bytes += sum(_nbytes(a) for a in args) + sum(_nbytes(a) for a in kwargs.values())
-                self.bytes += sum(_nbytes(a) for a in out) if isinstance(out, tuple) else _nbytes(out)
+                moved = sum(_nbytes(a) for a in args) + sum(_nbytes(a) for a in kwargs.values())
+                moved += sum(_nbytes(a) for a in out) if isinstance(out, tuple) else _nbytes(out)
+            self.bytes += moved
+            self.bytes_by_section[self.section] += moved
             return out
         counted.__wrapped__ = fn
         return counted
@@ -154,11 +159,11 @@ def _sectioned(counter: OpCounter, obj: Any, method: str, section: str) -> None:
     setattr(obj, method, call)
 
 
-def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: str = "gpu", seed: int = 0,
-               backend: str = "array_api_strict") -> dict:
+def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: str = "gpu", seed: int = 0) -> dict:
     """Operations and host synchronisations of one training step (zero_grad, forward, cross-entropy, backward
-    without the input gradient, SGD with momentum 0.9), after one warm-up step, on ``backend`` under ``plan``.
-    Returns ``{"ops", "syncs", "bytes", "by_section", "syncs_by_section", "by_name"}``; ``bytes``: the array
+    without the input gradient, SGD with momentum 0.9), after one warm-up step, on array_api_strict under
+    ``plan``.
+    Returns ``{"ops", "syncs", "bytes", "bytes_by_section", "by_section", "syncs_by_section", "by_name"}``; ``bytes``: the array
     bytes that the operations other than views read and write (arguments plus results; an in-place operation's
     target counted once as argument and once as result; ``a[k] = v`` as twice ``v``): an estimate of the step's
     memory traffic (a scalar value counts 0; broadcast operands count their own size)."""
@@ -174,7 +179,7 @@ def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: s
     saved_plan = config.get_plan()
     config.set_plan(plan)
     try:
-        b = get_backend(backend, dtype)
+        b = get_backend("array_api_strict", dtype)
         c, size, classes = MODEL_INPUTS[model_name]
         model = build_model(model_name, c, classes, size, backend=b, seed=seed)
         rng = np.random.default_rng(seed)
@@ -191,7 +196,7 @@ def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: s
             return loss
 
         step()  # warm-up: state created, buffers allocated
-        with counting(b.xp if backend == "array_api_strict" else None) as counter:
+        with counting(b.xp) as counter:
             for i, layer in enumerate(model.layers):
                 kind = type(layer).__name__
                 _sectioned(counter, layer, "forward", f"{kind}.forward")
@@ -208,8 +213,9 @@ def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: s
                         vars(obj).pop(method, None)
     finally:
         config.set_plan(saved_plan)
-    return {"model": model_name, "batch_size": batch_size, "dtype": dtype, "plan": plan, "backend": backend,
-            "ops": counter.ops, "syncs": counter.syncs, "bytes": counter.bytes, "by_section": dict(counter.by_section),
+    return {"model": model_name, "batch_size": batch_size, "dtype": dtype, "plan": plan, "backend": "array_api_strict",
+            "ops": counter.ops, "syncs": counter.syncs, "bytes": counter.bytes,
+            "bytes_by_section": dict(counter.bytes_by_section), "by_section": dict(counter.by_section),
             "syncs_by_section": dict(counter.syncs_by_section), "by_name": dict(counter.by_name)}
 
 
