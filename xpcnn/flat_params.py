@@ -9,6 +9,10 @@ Anything that replaces an array instead of writing into it (``model.to(...)``, `
 checkpoint load, ``p.grad = ...``) breaks a view; :meth:`FlatParameters.groups` notices (an identity check per
 parameter, no array operation) and flattens again from the parameters' current values, so they stay the truth.
 ``FlatGroup.grad`` is the one flat gradient buffer a gradient all-reduce works on.
+
+Building an optimizer rebinds ``Parameter.data``/``.grad`` (as Apex's flat buffers do): an array taken from a
+Parameter before that is a copy, no longer the parameter. Two optimizers over the same parameters work, but
+each step re-flattens for the other (one optimizer per parameter set is the fast way).
 """
 from __future__ import annotations
 
