@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run of issue 4, as one command on a lent GPU machine (nvidia-h100-x1 or nvidia-h200).
+# The GPU run of issues 4 and 15, as one command on a lent GPU machine (nvidia-h100-x1 or nvidia-h200).
 #
 # That machine's image ('cuda') has python3 3.12 with CuPy (cupy-cuda13x 14.x), PyTorch (CUDA 13),
 # numpy, pytest, threadpoolctl and matplotlib, but no network and no array-api-compat/array-api-strict.
@@ -11,9 +11,15 @@
 # (.whl/ is in .gitignore.) Then, through the device tool, with carry [".whl"]; each stage fits in one
 # 10-minute call:
 #
+#   bash benchmarks/run_gpu.sh count    # issue 15: ops per step (GPU plan, array_api_strict) beside the CuPy
+#                                       # step time, us per op (~2 min); the launch-budget model's test
 #   bash benchmarks/run_gpu.sh test     # pytest -m gpu, then xpcnn parity numpy vs cupy (float64 and float32)
 #   bash benchmarks/run_gpu.sh bench    # xpcnn bench --backends numpy,cupy --compare torch (JSON, plot, table)
-#   bash benchmarks/run_gpu.sh all      # both, if the call has the time
+#   bash benchmarks/run_gpu.sh count+test  # the two, in one call
+#   bash benchmarks/run_gpu.sh all      # all three, if the call has the time
+#
+# A task now gets 15 minutes of device time for all its calls together (machine start included): run
+# "count" and "test" in one call first (timeout_s ~420), then "bench" if time is left.
 #
 # Everything lands in $OUT (the device tool's folder that comes back), else benchmarks/gpu-out/.
 # Afterwards: put the measured figures (never estimates) in benchmarks/RESULTS.md, section
@@ -35,6 +41,8 @@ fi
 if ! $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT/install.log" 2>&1; then
   echo "pip install --no-deps -e . failed (see install.log); running from the checkout instead"
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+else
+  rm -f "$OUT/install.log"  # at most 8 files come back from $OUT
 fi
 XPCNN="$PY -m xpcnn.cli"
 
@@ -63,7 +71,15 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 status=0
-if [ "$STAGE" = test ] || [ "$STAGE" = all ]; then
+if [ "$STAGE" = count ] || [ "$STAGE" = all ] || [ "$STAGE" = count+test ]; then
+  # ops per training step (counted on array_api_strict under the GPU plan: the path CuPy runs) vs wall time
+  echo "\$ python benchmarks/opcount_vs_wall.py --backend cupy --models lenet,vgg-small --batch-sizes 32,128,512" \
+    | tee "$OUT/opcount_vs_wall.txt"
+  $PY benchmarks/opcount_vs_wall.py --backend cupy --models lenet,vgg-small --batch-sizes 32,128,512 2>&1 \
+    | tee -a "$OUT/opcount_vs_wall.txt" || status=1
+fi
+
+if [ "$STAGE" = test ] || [ "$STAGE" = all ] || [ "$STAGE" = count+test ]; then
   # GPU tests (parity NumPy vs CuPy: every op, every layer, full steps, 50 steps; model.to; no host sync)
   $PY -m pytest -m gpu -rs -v -p no:cacheprovider tests/test_parity.py tests/test_gpu.py tests/test_bench.py 2>&1 \
     | tee "$OUT/pytest_gpu.log" || status=1

@@ -31,6 +31,7 @@ def settings():
     config.set_workspace_limit(None)
     config.set_cache_columns(False)
     config.set_conv_algorithm(None)
+    config.set_plan(None)
 
 
 def _run(case, seed):
@@ -92,7 +93,7 @@ def test_workspace_limit_defaults_per_device_and_one_setting_for_all(settings, m
     assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 3
     config.set_workspace_limit(None)
     assert config.get_workspace_limit(gpu=True) == 512 * 2 ** 20
-    monkeypatch.setattr(C, "on_gpu", lambda a: True)  # a simulated GPU array takes the GPU default
+    config.set_plan("gpu")  # as a GPU array: the GPU default
     x = np.zeros((40, 32, 32, 32), dtype=np.float32)
     assert conv2d_forward(x, np.zeros((32, 32, 3, 3), dtype=np.float32), None, 1, 1)[1].nb == 40
 
@@ -175,8 +176,9 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
     x, w = rng.standard_normal((64, 3, 32, 32)), rng.standard_normal((32, 3, 3, 3))  # few channels: banded dx
     dy = rng.standard_normal((64, 32, 32, 32))
     results = {}
+    config.set_conv_algorithm("banded")  # the GPU plan's own choice is the plain path (tests/test_gpu_plan.py)
     for gpu in (False, True):
-        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        config.set_plan("gpu" if gpu else "cpu")
         y, ctx = conv2d_forward(x, w, None, 1, 1)
         assert C.backward_algorithm(ctx) == "banded"
         results[gpu] = (ctx.nb, y) + tuple(conv2d_backward(dy, ctx))
@@ -194,7 +196,7 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
             return super().__array_ufunc__(ufunc, method, *(np.asarray(i) for i in inputs), **kwargs)
     a, b = np.ones((3, 5000)).view(Counted), np.ones((5000, 2))
     for gpu, products in ((False, 5), (True, 1)):  # blocks of DW_BLOCK = 1024 rows on a CPU
-        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        config.set_plan("gpu" if gpu else "cpu")
         Counted.products = 0
         assert np.array_equal(np.asarray(C._long_matmul(np, a, b)), np.full((3, 2), 5000.0))
         assert Counted.products == products
@@ -202,7 +204,7 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
     real_chunks, sizes = C._chunks, []
     monkeypatch.setattr(C, "_chunks", lambda a, b, size: sizes.append(size) or real_chunks(a, b, size))
     for gpu in (False, True):
-        monkeypatch.setattr(C, "on_gpu", lambda a, gpu=gpu: gpu)
+        config.set_plan("gpu" if gpu else "cpu")
         sizes.clear()
         dx = C.conv2d_backward(dy, conv2d_forward(x, w, None, 1, 1)[1])[0]
         np.testing.assert_allclose(dx, results[gpu][2], rtol=1e-12, atol=1e-12)

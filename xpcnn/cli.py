@@ -1,6 +1,6 @@
-"""The ``xpcnn`` command: ``train``, ``evaluate``, ``predict``, ``bench``, ``parity``, ``info``.
+"""The ``xpcnn`` command: ``train``, ``evaluate``, ``predict``, ``bench``, ``parity``, ``info``, ``count-ops``.
 
-Each sub-command lives in ``xpcnn/commands/<name>.py`` with ``HELP``,
+Each sub-command lives in ``xpcnn/commands/<name>.py`` (``-`` as ``_``) with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Expected failures (bad
 options, malformed or missing files, unavailable backends: ``xpcnn.errors.InputError``
 and ``OSError``) print one line and exit 2; anything else is a bug and keeps its
@@ -13,7 +13,7 @@ import importlib
 import signal
 import sys
 
-COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info")
+COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info", "count-ops")
 
 
 from .errors import InputError
@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"xpcnn.commands.{name}")
+            module = f"xpcnn.commands.{name.replace('-', '_')}"
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name == f"xpcnn.commands.{name}":
+            if e.name == module:
                 continue  # a command still being written is simply not offered
             raise
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)

@@ -9,6 +9,8 @@ chunk) instead of recomputing it: faster backward, much more memory.
 """
 from __future__ import annotations
 
+import os
+
 from .errors import InputValueError
 
 DEFAULT_WORKSPACE_LIMIT = 16 * 2 ** 20  # bytes, CPU (vgg-small step: peak 257 -> 174 MiB vs 64 MiB, no slower)
@@ -139,11 +141,53 @@ def get_parallel_mode() -> str:
     return _parallel_mode
 
 
+_PLANS = ("auto", "cpu", "gpu")
+PLAN_ENV = "XPCNN_PLAN"  # the environment variable that sets the plan at import
+
+
+def _plan_from_env() -> str:
+    value = os.environ.get(PLAN_ENV, "").strip().lower() or None
+    try:
+        return _choice(value, _PLANS, f"environment variable {PLAN_ENV}")
+    except InputValueError as e:  # a typo must not be silently ignored, nor stop the import
+        import warnings
+        warnings.warn(f"{e}; using 'auto'", stacklevel=2)
+        return "auto"
+
+
+_plan = _plan_from_env()
+
+
+def set_plan(name: str | None) -> None:
+    """Which device's plan the ops follow: ``"auto"`` (default: by the arrays' device), ``"gpu"`` (the GPU's on
+    any backend: whole-batch chunks under the GPU workspace limit, the plain im2col convolution, no NumPy
+    kernels, no worker threads, no host checks in the step) or ``"cpu"``. The environment variable
+    ``XPCNN_PLAN`` sets it at import; ``None`` restores "auto". Tests and ``xpcnn count-ops`` use "gpu" to run,
+    on NumPy or array_api_strict, the code path CuPy runs."""
+    global _plan
+    _plan = _choice(name, _PLANS, "plan")
+
+
+def get_plan() -> str:
+    return _plan
+
+
+def gpu_plan(a=None) -> bool:
+    """Whether work on array (or :class:`~xpcnn.backend.Backend`) ``a`` follows the GPU's plan: the one place
+    that decides it (:func:`set_plan`; under "auto", ``a`` on a GPU: CuPy, or torch on CUDA; None: False)."""
+    if _plan != "auto":
+        return _plan == "gpu"
+    if a is None:
+        return False
+    from .backend import Backend, on_gpu
+    return a.is_gpu if isinstance(a, Backend) else on_gpu(a)
+
+
 def snapshot() -> dict:
     """The settings a worker process takes from this one before each step (:mod:`xpcnn.replicas`): all but the
     thread count and the parallel mode (a worker runs its shard on one thread)."""
     return {"workspace_limit": _workspace_limit, "cache_columns": _cache_columns, "fast_paths": _fast_paths,
-            "conv_algorithm": _conv_algorithm, "keep_freed_memory": _keep_freed_memory}
+            "conv_algorithm": _conv_algorithm, "keep_freed_memory": _keep_freed_memory, "plan": _plan}
 
 
 def restore(settings: dict) -> None:
@@ -153,3 +197,4 @@ def restore(settings: dict) -> None:
     set_fast_paths(settings["fast_paths"])
     set_conv_algorithm(settings["conv_algorithm"])
     set_keep_freed_memory(settings["keep_freed_memory"])
+    set_plan(settings.get("plan"))

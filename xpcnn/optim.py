@@ -2,6 +2,11 @@
 
 State (momentum buffers, moments) is created on the parameters' device and
 follows them: after ``model.to(...)`` the next ``step()`` moves it along.
+
+Parameters, gradients and state live in one flat buffer per namespace, device and dtype
+(:mod:`xpcnn.flat_params`), so a step is a handful of array operations over all parameters at once
+(elementwise the same arithmetic as one parameter at a time: the same results). ``optimizer.flat_grads()``
+gives the flat gradient buffers (for a gradient all-reduce).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from array_api_compat import array_namespace, device
 
 from .backend import asarray_like, device_context, to_numpy
 from .errors import InputTypeError, InputValueError
+from .flat_params import FlatGroup, FlatParameters
 from .layers.module import Parameter
 
 
@@ -44,12 +50,24 @@ class Optimizer:
         self.lr = hyperparameter(self, "lr", lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.steps = 0
+        self.flat = FlatParameters(self.params, self.state)
+        self.flat.groups()  # Parameter.data and .grad become views into the flat buffers now
+
+    def flat_grads(self) -> list:
+        """The flat gradient buffer of each group of parameters (one for a model on one device, dtype): every
+        ``Parameter.grad`` is a view into it, so reducing it in place (an MPI all-reduce) reduces them all."""
+        return self.flat.flat_grads()
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            if p.grad is not None:
-                with device_context(p.grad):
-                    p.grad[...] = 0
+        if any(p.grad is None for p in self.params):  # as PyTorch: parameters without a gradient keep none
+            for p in self.params:
+                if p.grad is not None:
+                    with device_context(p.grad):
+                        p.grad[...] = 0
+            return
+        for g in self.flat.groups():
+            with device_context(g.grad):
+                g.grad[...] = 0
 
     def _buffer(self, i: int, name: str):
         """State ``name`` of parameter ``i``: created as zeros, moved if the parameter moved."""
@@ -64,13 +82,28 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
-        for i, p in enumerate(self.params):
-            if p.grad is not None:
-                with device_context(p.data):  # CuPy: the parameter's GPU, not the current one
-                    self._update(i, p)
+        if any(p.grad is None for p in self.params):  # as PyTorch: parameters without a gradient are skipped
+            for i, p in enumerate(self.params):
+                if p.grad is not None:
+                    with device_context(p.data):  # CuPy: the parameter's GPU, not the current one
+                        self._update(i, p.data, p.grad, lambda name, i=i: self._buffer(i, name))
+            return
+        for g in self.flat.groups():
+            with device_context(g.data):
+                self._update_group(g)
 
-    def _update(self, i: int, p: Parameter) -> None:
+    def _update_group(self, g: FlatGroup) -> None:
+        """One update of every parameter of ``g`` over its flat buffers."""
+        self._update(g.indices[0], g.data, g.grad, lambda name: self.flat.flat_state(g, name),
+                     lambda name: all(name in self.state[i] for i in g.indices))
+
+    def _update(self, i: int, data, grad, buffer, has=None) -> None:
+        """Update ``data`` in place from ``grad``; ``buffer(name)``: the state ``name`` (zeros when new);
+        ``has(name)``: whether that state existed (default: in parameter ``i``'s state)."""
         raise NotImplementedError
+
+    def _has(self, i: int, has, name: str) -> bool:
+        return has(name) if has is not None else name in self.state[i]
 
     # -- checkpoints ----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -81,7 +114,8 @@ class Optimizer:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.steps = int(sd["steps"])
         self.lr = float(sd.get("lr", self.lr))
-        self.state = [{} for _ in self.params]
+        for st in self.state:  # in place: the flat parameters share these dicts
+            st.clear()
         for key, value in sd["state"].items():
             i, name = key.split(".", 1)
             i = int(i)
@@ -109,20 +143,20 @@ class SGD(Optimizer):
             raise InputValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
         self.nesterov = bool(nesterov)
 
-    def _update(self, i, p):
-        g = p.grad
+    def _update(self, i, data, grad, buffer, has=None):
+        g = grad
         if self.weight_decay:
-            g = g + self.weight_decay * p.data
+            g = g + self.weight_decay * data
         if self.momentum:
-            first = "momentum_buffer" not in self.state[i]
-            buf = self._buffer(i, "momentum_buffer")
+            first = not self._has(i, has, "momentum_buffer")
+            buf = buffer("momentum_buffer")
             if first:
                 buf[...] = g
             else:
                 buf *= self.momentum
                 buf += (1.0 - self.dampening) * g
             g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        data -= self.lr * g
 
 
 class Adam(Optimizer):
@@ -139,24 +173,24 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = hyperparameter(self, "eps", eps), \
             hyperparameter(self, "weight_decay", weight_decay)
 
-    def _update(self, i, p):
+    def _update(self, i, data, grad, buffer, has=None):
         b1, b2 = self.betas
-        g = p.grad
+        g = grad
         if self.weight_decay:
             if self.decoupled:
-                p.data *= 1.0 - self.lr * self.weight_decay
+                data *= 1.0 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * p.data
-        m, v = self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq")
+                g = g + self.weight_decay * data
+        m, v = buffer("exp_avg"), buffer("exp_avg_sq")
         m *= b1
         m += (1.0 - b1) * g
         v *= b2
         v += (1.0 - b2) * (g * g)
-        xp = array_namespace(p.data)
+        xp = array_namespace(data)
         t = self.steps
         step_size = self.lr / (1.0 - b1 ** t)
         denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
-        p.data -= step_size * (m / denom)
+        data -= step_size * (m / denom)
 
 
 class AdamW(Adam):

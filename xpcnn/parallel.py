@@ -63,7 +63,7 @@ def step(xp, n: int | None = None) -> Iterator[int]:
     ``n`` overrides the count; ``n=1`` also holds BLAS to one thread (a process replica's own shard, next to
     the worker processes: :mod:`xpcnn.replicas`). A step inside a step keeps the outer one's setting."""
     global _workers, _active
-    if _active or not is_numpy_namespace(xp):
+    if _active or not is_numpy_namespace(xp) or config.gpu_plan():
         yield _workers
         return
     forced = n is not None

@@ -86,6 +86,8 @@ def why_not(model) -> str | None:
         return "worker processes need a POSIX system and a Python executable"
     if model.backend is None or model.backend.name != "numpy":
         return "worker processes run the NumPy backend only"
+    if config.gpu_plan():
+        return "the GPU plan (xpcnn.config.set_plan) runs the whole batch in one process"
     # layers that treat samples independently, and two that do not but know how to run split: batch norm sums
     # its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's mask in every
     # process from the same generator state and keeps its rows (parallel.batch_shard)

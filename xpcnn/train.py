@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import config
 from .backend import to_numpy
 from .errors import InputValueError
 
@@ -140,7 +141,7 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
         raise InputValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     backend = model.backend
     if log_every is None:
-        log_every = 20 if backend.is_gpu else 1
+        log_every = 20 if config.gpu_plan(backend) else 1
     history = []
     flag: dict = {}
     guard = _sigint_as_flag(flag) if catch_sigint else nullcontext()

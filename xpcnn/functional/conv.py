@@ -29,6 +29,7 @@ measured it faster). Few-channel convolutions at stride 1 take "banded rows" (:f
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from typing import Any, NamedTuple
@@ -36,7 +37,6 @@ from typing import Any, NamedTuple
 from array_api_compat import array_namespace, device
 
 from .. import config, kernels, parallel
-from ..backend import on_gpu
 from ._util import add_rows_bias, conv_padding, empty_nchw, itemsize, out_size, pair, rows_sum, window, window_key
 
 
@@ -101,7 +101,15 @@ def cache_sized(a) -> bool:
     :data:`BAND_BYTES`, reduction blocks of :data:`DW_BLOCK`): on a CPU, where they keep data in cache between
     passes; not on a GPU, where each piece would be one more round of kernel launches and a smaller GEMM
     (there the workspace limit alone bounds a chunk)."""
-    return not on_gpu(a)
+    return not config.gpu_plan(a)
+
+
+def _plain(a) -> bool:
+    """The plain convolution (channels-innermost im2col, one GEMM, col2im; the forward's columns kept for the
+    backward where one chunk holds the batch) in place of the CPU-fitted choices: the GPU plan
+    (:func:`xpcnn.config.gpu_plan`) under the "auto" algorithm. Fewest array operations: on a GPU each is a
+    launch, and the CPU choices were fitted to a CPU's caches and BLAS."""
+    return config.get_conv_algorithm() == "auto" and config.gpu_plan(a)
 
 
 def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im2col", shards: int = 1,
@@ -172,6 +180,69 @@ def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
         col[0:m, rows, cols, i, j, :] = xh[n0:n0 + m, in_rows, in_cols, :]
     nb, oh, ow, kh, kw, c = col.shape
     return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow, kh * kw * c))
+
+
+def _separable(x, kernel) -> bool:
+    """Channels-innermost columns in two passes (:func:`_im2col_separable`, :func:`_col2im_separable`): kh + kw
+    copies or adds in place of kh*kw; on the plain path (:func:`_plain`, a GPU's: fewer launches) of kernels
+    at least 2x2."""
+    return kernel[0] > 1 and kernel[1] > 1 and _plain(x)
+
+
+WORKSPACES = 16  # buffers kept by _workspace (least recently used dropped)
+_workspaces: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+
+
+def _workspace(xp, role: str, shape, dtype, dev):
+    """A zero-initialised buffer of ``shape`` kept for the next call that asks for the same ``role``, shape, dtype
+    and device (no allocation nor zero fill per step: each is a launch on a GPU). For buffers used only within
+    one call, whose zero parts are never written (the border of a padded copy): the plain path runs on one
+    thread, and one stream orders a GPU's uses."""
+    key = (role, xp.__name__, str(dev), str(dtype), tuple(shape))
+    buf = _workspaces.pop(key, None)
+    if buf is None:
+        buf = xp.zeros(shape, dtype=dtype, device=dev)
+    _workspaces[key] = buf
+    while len(_workspaces) > WORKSPACES:
+        _workspaces.popitem(last=False)
+    return buf
+
+
+def _im2col_separable(xh, n0: int, m: int, pbuf, rbuf, col, pads, stride, dilation):
+    """As :func:`_im2col_nhwc`, in kh + kw copies: samples ``n0:n0+m`` of ``xh (N, H, W, C)`` into the
+    zero-bordered ``pbuf (nb, Hp, Wp, C)``, its kh row windows into ``rbuf (nb, oh, Wp, kh, C)``, their kw column
+    windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows ``(m*oh*ow, kh*kw*C)``."""
+    xp = array_namespace(xh)
+    nb, oh, ow, kh, kw, c = col.shape
+    h, w = xh.shape[1], xh.shape[2]
+    b = slice(None) if m == nb else slice(0, m)
+    pbuf[b, pads[0]:pads[0] + h, pads[2]:pads[2] + w, :] = xh[n0:n0 + m, ...]
+    for i in range(kh):
+        r0 = i * dilation[0]
+        rbuf[b, :, :, i, :] = pbuf[b, r0:r0 + stride[0] * (oh - 1) + 1:stride[0], :, :]
+    for j in range(kw):
+        c0 = j * dilation[1]
+        col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
+    return xp.reshape(col if m == nb else col[b, ...], (m * oh * ow, kh * kw * c))
+
+
+def _col2im_separable(dcol, dx, n0, pads, stride, dilation):
+    """Adjoint of :func:`_im2col_separable`: ``dcol (m, oh, ow, kh, kw, C)`` summed into samples ``n0:n0+m`` of
+    the channels-last ``dx (N, H, W, C)`` in kw + kh adds (through zero-bordered buffers) and one copy."""
+    xp = array_namespace(dcol)
+    m, oh, ow, kh, kw, c = dcol.shape
+    h, w = dx.shape[1], dx.shape[2]
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    rows = xp.zeros((m, oh, wp, kh, c), dtype=dcol.dtype, device=device(dcol))
+    for j in range(kw):
+        c0 = j * dilation[1]
+        rows[:, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :] += dcol[:, :, :, :, j, :]
+    full = xp.zeros((m, hp, wp, c), dtype=dcol.dtype, device=device(dcol))
+    for i in range(kh):
+        r0 = i * dilation[0]
+        full[:, r0:r0 + stride[0] * (oh - 1) + 1:stride[0], :, :] += rows[:, :, :, i, :]
+    dx[n0:n0 + m, ...] = full[:, pads[0]:pads[0] + h, pads[2]:pads[2] + w, :]
+    return dx
 
 
 def _clip(o: int, off: int, pad: int, s: int, size: int) -> tuple[int, int, int]:
@@ -388,6 +459,12 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
             pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
             return lambda n0, n1: fast(xh, n0, n1, pbuf, col, pads, stride, dilation)
+        if _separable(x, (kh, kw)):  # the padded input and its row windows in buffers kept from call to call
+            padded = (nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c)
+            pbuf = _workspace(xp, f"padded {pads}", padded, x.dtype, dev)
+            rbuf = _workspace(xp, "rows", (nb, oh, pbuf.shape[2], kh, c), x.dtype, dev)
+            col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
+            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, pbuf, rbuf, col, pads, stride, dilation)
         offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
         return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
@@ -460,12 +537,15 @@ def _width_block(f: int, ow: int, forced: bool = False) -> int:
     return (good or (divisors if forced else []) or [1])[0]
 
 
-def _column_layout(c: int, f: int, ow: int, groups: int) -> tuple[str, int]:
+def _column_layout(c: int, f: int, ow: int, groups: int, plain: bool = False) -> tuple[str, int]:
     """The forward's columns and width block: "im2col_nhwc" (channels innermost) for ungrouped convolutions with
-    >= 16 channels; for fewer, "im2col_blocked" where :func:`_width_block` finds a block, else "im2col" (ow
-    innermost). :func:`xpcnn.config.set_conv_algorithm` can force each (groups: "im2col")."""
+    >= 16 channels, or all of them where ``plain`` (:func:`_plain`); for fewer, "im2col_blocked" where
+    :func:`_width_block` finds a block, else "im2col" (ow innermost). :func:`xpcnn.config.set_conv_algorithm`
+    can force each (groups: "im2col")."""
     algo = config.get_conv_algorithm()
-    if algo in ("im2col", "im2col_nhwc", "im2col_blocked"):
+    if plain:
+        layout = "im2col_nhwc" if groups == 1 else "im2col"
+    elif algo in ("im2col", "im2col_nhwc", "im2col_blocked"):
         layout = algo if groups == 1 else "im2col"
     elif groups == 1 and c >= CHANNELS_LAST_MIN:
         layout = "im2col_nhwc"
@@ -541,7 +621,8 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     :mod:`~xpcnn.parallel` workers, each with its own column buffer."""
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
-    layout, block = _column_layout(c, f, ow, groups)
+    plain = _plain(x)
+    layout, block = _column_layout(c, f, ow, groups, plain)
     blocked = layout == "im2col_blocked"
     wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
     if n == 0:  # an empty batch (as PyTorch allows): an empty result
@@ -551,7 +632,8 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
         cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)(0, n)
-        return _gemm(xp, cm, wk, layout, groups, f), wk, layout, block, nb, (cm if config.get_cache_columns() else None)
+        keep = config.get_cache_columns() or plain
+        return _gemm(xp, cm, wk, layout, groups, f), wk, layout, block, nb, (cm if keep else None)
     y = xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
 
     def shard(a: int, b: int) -> None:
@@ -595,8 +677,8 @@ def _use_transposed(ctx) -> bool:
     """Input gradient as a transposed convolution? Stride 1, groups 1, padding within the dilated kernel; under
     "auto" only after a channels-innermost forward (measured faster there, see the module docstring)."""
     algo = config.get_conv_algorithm()
-    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1):
-        return False  # another path is forced
+    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1) or _plain(ctx.x):
+        return False  # another path is forced, or the plain one planned
     if _transposed_pads(ctx.pads, ctx.weight.shape[2:], ctx.dilation) is None:
         return False
     return algo == "transposed" or ctx.algorithm == "im2col_nhwc"
@@ -625,7 +707,7 @@ def _use_polyphase(ctx) -> bool:
     gain (64 -> 128 30.5 -> 31.0, 128 -> 256 10.5 -> 10.9, 32 -> 64 10.2 -> 10.5); 1x1 stride 2 (no overlap)
     0.9 -> 1.2; few channels (ow-innermost forward) slower: 8 -> 32 3.0 -> 3.9, 7x7 3 -> 64 13.5 -> 57."""
     algo = config.get_conv_algorithm()
-    if ctx.groups != 1 or algo not in ("auto", "polyphase"):
+    if ctx.groups != 1 or algo not in ("auto", "polyphase") or _plain(ctx.x):
         return False
     if algo == "polyphase":
         return True
@@ -693,7 +775,7 @@ def _use_banded(ctx) -> bool:
     than the flat shifts before it on every such shape timed (the transposed convolution wins after a
     channels-innermost forward)."""
     algo = config.get_conv_algorithm()
-    if ctx.groups != 1 or ctx.stride != (1, 1) or algo not in ("auto", "banded"):
+    if ctx.groups != 1 or ctx.stride != (1, 1) or algo not in ("auto", "banded") or _plain(ctx.x):
         return False
     return algo == "banded" or ctx.algorithm in ("im2col", "im2col_blocked")
 
@@ -767,6 +849,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     if need_dcol and banded:  # banded rows write every sample's gradient, straight into the library's layout
         dx = xp.empty((n, h, w, c), dtype=dy.dtype, device=dev)
         bands, sub = _bands(xp, weight, -(-n // len(parts)), pads, dilation, oh, ow, x)
+    elif need_dcol and g == 1 and clast and _separable(x, (kh, kw)):  # each chunk's col2im writes its samples
+        dx = xp.empty((n, h, w, c), dtype=dy.dtype, device=dev)
     elif need_dcol:  # col2im adds into it
         dx = xp.zeros((n, h, w, c) if clast else (n, c, h, w), dtype=dy.dtype, device=dev)
     else:
@@ -804,7 +888,10 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
                 dcol = (xp.permute_dims(xp.matmul(dyg, wkt), (1, 0, 2)) if clast  # (P, G, K)
                         else xp.matmul(wk, xp.matrix_transpose(dyg)))  # (G, K, P)
             if clast:
-                _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
+                if g == 1 and _separable(x, (kh, kw)):
+                    _col2im_separable(xp.reshape(dcol, (m, oh, ow, kh, kw, cg)), dx, n0, pads, stride, dilation)
+                else:
+                    _col2im_nhwc(xp.reshape(dcol, (m, oh, ow, g, kh, kw, cg)), dx, n0, pads, stride, dilation)
             else:
                 _col2im_kmajor(xp.reshape(dcol, (g, kh, kw, cg, m, oh, ow)), dx, n0, pads, stride, dilation)
         if need_dcol and banded:  # the whole shard at once, after its weight gradient

@@ -21,7 +21,7 @@ def _numpy_kernels() -> dict[str, Callable[..., Any]]:
 
 def get(name: str, xp) -> Callable[..., Any] | None:
     """The fast kernel ``name`` for namespace ``xp`` if there is one and fast paths are on."""
-    if not config.get_fast_paths():
+    if not config.get_fast_paths() or config.gpu_plan():  # the GPU plan runs the portable code, as on CuPy
         return None
     if is_numpy_namespace(xp):
         return _numpy_kernels().get(name)

@@ -7,7 +7,8 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_array
 
 from .. import functional as F
-from ..backend import asarray_like, device_context, on_gpu
+from .. import config
+from ..backend import asarray_like, device_context
 
 
 def _to_device_of(a: Any, ref):
@@ -70,7 +71,7 @@ class CrossEntropyLoss:
                              f"got {tuple(labels.shape)}")
         check = self.check_range
         if check is None:
-            check = host or not on_gpu(logits)
+            check = host or not config.gpu_plan(logits)
         if check and n:
             lo, hi = int(xp.min(labels)), int(xp.max(labels))
             if lo < 0 or hi >= c:
