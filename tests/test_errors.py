@@ -19,11 +19,14 @@ def net(env):
 def test_wrong_rank(key):
     env = make_env(key)
     model = net(env)
-    with pytest.raises(ValueError, match=r"layer '0' Conv2d\(3, 4, kernel_size=\(3, 3\).*expected a 4-D input "
-                                         r"\(N, C, H, W\), got shape \(2, 3, 6\)"):
+    with pytest.raises(ValueError, match=r"layer '0' Conv2d\(3, 4, kernel_size=\(3, 3\).*expected a 3-D or 4-D "
+                                         r"input \(N, C, H, W\) or one sample \(C, H, W\), got shape \(3, 6\)"):
+        model.forward(np.zeros((3, 6)))
+    with pytest.raises(ValueError, match=r"layer '0' Conv2d.*expected 3 input channels \(axis 0\), got 2 "
+                                         r"\(input shape \(2, 3, 6\)\)"):  # one unbatched image
         model.forward(np.zeros((2, 3, 6)))
-    with pytest.raises(ValueError, match=r"layer '5' Linear\(in_features=16.*expected a 2-D input .*got shape "
-                                         r"\(2, 16, 1\)"):
+    with pytest.raises(ValueError, match=r"layer '5' Linear\(in_features=16.*expected 16 input features, got 1 "
+                                         r"\(the last axis of input shape \(2, 16, 1\)\)"):
         model[5].forward(env.put(np.zeros((2, 16, 1))))
     with pytest.raises(ValueError, match=r"layer '2' MaxPool2d.*4-D.*got shape \(6, 6\)"):
         model[2].forward(env.put(np.zeros((6, 6))))
