@@ -21,6 +21,8 @@ def one_hot(labels, num_classes: int, dtype):
     ``[0, C)`` gives a row of zeros."""
     xp = array_namespace(labels)
     classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
+    if labels.ndim == 1:
+        return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
     classes = xp.reshape(classes, (1, num_classes) + (1,) * (labels.ndim - 1))
     return xp.astype(xp.expand_dims(labels, axis=1) == classes, dtype)
 
@@ -46,7 +48,7 @@ def cross_entropy_forward(logits, target, weight=None, reduction: str = "mean", 
     ls = float(label_smoothing)
     logp = log_softmax(logits, axis=1)
     w = None if weight is None else _per_class(xp, weight, nd)
-    if xp.isdtype(target.dtype, "real floating"):  # class probabilities
+    if target.ndim == nd:  # class probabilities (of the logits' shape: PyTorch's rule)
         q = target if not ls else target * (1.0 - ls) + ls / c
         if w is not None:
             q = q * w
@@ -62,7 +64,12 @@ def cross_entropy_forward(logits, target, weight=None, reduction: str = "mean", 
                 q = q * xp.expand_dims(valid, axis=1)
         zero = xp.zeros((), dtype=dt, device=dev)
         # pick log p[target] with where, not logp * q: -inf * 0 would be NaN for huge logit gaps
-        per = -xp.sum(xp.where(q > 0, logp, zero), axis=1)
+        picked = xp.where(q > 0, logp, zero)
+        if w is None and not ls and reduction != "none":  # the common case: one reduction, no per-position loss
+            denom = math.prod(picked.shape) // c if valid is None else xp.sum(valid)
+            loss = -xp.sum(picked)
+            return (loss / denom if reduction == "mean" else loss), (logp, q, valid, reduction, denom)
+        per = -xp.sum(picked, axis=1)
         qsum = valid  # sum_c q: 1 where the target counts (None: everywhere)
         if w is not None:
             q = q * w

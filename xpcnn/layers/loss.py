@@ -113,8 +113,8 @@ class CrossEntropyLoss:
         if lxp is not xp or device(target) != device(logits):
             raise ValueError(f"CrossEntropyLoss: labels are on {device(target)} ({lxp.__name__}), "
                              f"logits on {device(logits)} ({xp.__name__}); move them to the same device")
-        soft = xp.isdtype(target.dtype, "real floating")
-        if not soft and not xp.isdtype(target.dtype, "integral"):
+        soft = not xp.isdtype(target.dtype, "integral")
+        if soft and not xp.isdtype(target.dtype, "real floating"):
             raise TypeError(f"CrossEntropyLoss: labels must be integer class indices or floating class "
                             f"probabilities, got dtype {target.dtype}")
         if logits.ndim == 0:
