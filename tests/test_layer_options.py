@@ -197,3 +197,19 @@ def test_new_options_match_torch(mode, rng):
     conv.forward(single)
     dx = conv.backward(np.ones(4))
     check_grads(lambda s: conv.forward(s), [single.copy()], [dx], np.ones(4))
+
+
+@pytest.mark.parametrize("make", [lambda: xpcnn.MaxPool2d(3, stride=2, padding=1), lambda: xpcnn.AvgPool2d(2),
+                                  lambda: xpcnn.AdaptiveAvgPool2d((2, 3)), lambda: xpcnn.GlobalAvgPool2d()],
+                         ids=["max", "avg", "adaptive", "global"])
+def test_pooling_takes_one_unbatched_image(make, env, rng):
+    """(C, H, W) in: the values and gradients of the batch of one, without its batch axis."""
+    x = env.ref_input(rng.standard_normal((2, 6, 7)))
+    single, batch = env.model(make()), env.model(make())
+    y, y1 = single.forward(env.put(x)), batch.forward(env.put(x[None]))
+    assert tuple(y.shape) == tuple(y1.shape)[1:]
+    assert_close(env.get(y), env.get(y1)[0], env.tol, "unbatched forward")
+    dy = env.ref_input(rng.standard_normal(tuple(y.shape)))
+    dx, dx1 = single.backward(env.put(dy)), batch.backward(env.put(dy[None]))
+    assert tuple(dx.shape) == x.shape
+    assert_close(env.get(dx), env.get(dx1)[0], env.tol, "unbatched backward")

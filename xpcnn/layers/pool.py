@@ -11,6 +11,7 @@ from .module import Module
 
 class _Pool2d(Module):
     _forward = _backward = None
+    batched_ndim = 4  # (C, H, W): one unbatched image, as PyTorch
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
         super().__init__()
@@ -20,15 +21,15 @@ class _Pool2d(Module):
         pool_geometry((1, 1, 10 ** 6, 10 ** 6), self.kernel_size, self.stride, self.padding)  # validates options
 
     def forward(self, x):
-        self.check_input(x, 4, layout="(N, C, H, W)")
+        x = self.check_batch_input(x, layout="(N, C, H, W)")
         try:
             y, self._ctx = type(self)._forward(x, self.kernel_size, self.stride, self.padding)
         except ValueError as e:
             raise ValueError(f"{self.label()}: {e}") from None
-        return y
+        return self.batch_axis_out(y)
 
     def backward(self, dy):
-        return type(self)._backward(dy, self._ctx)
+        return self.batch_axis_out(type(self)._backward(self.batch_axis_grad(dy), self._ctx))
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -48,6 +49,7 @@ class AvgPool2d(_Pool2d):
 
 class AdaptiveAvgPool2d(Module):
     """Average pooling to a fixed ``output_size`` whatever the input size."""
+    batched_ndim = 4
 
     def __init__(self, output_size: Any = 1):
         super().__init__()
@@ -56,12 +58,12 @@ class AdaptiveAvgPool2d(Module):
             raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {output_size}")
 
     def forward(self, x):
-        self.check_input(x, 4, layout="(N, C, H, W)")
+        x = self.check_batch_input(x, layout="(N, C, H, W)")
         y, self._ctx = F.adaptive_avg_pool2d_forward(x, self.output_size)
-        return y
+        return self.batch_axis_out(y)
 
     def backward(self, dy):
-        return F.adaptive_avg_pool2d_backward(dy, self._ctx)
+        return self.batch_axis_out(F.adaptive_avg_pool2d_backward(self.batch_axis_grad(dy), self._ctx))
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
