@@ -204,3 +204,14 @@ def test_mse_reductions(reduction, env, rng):
         if env.dtype_name == "float64":
             assert_close(env.get(loss), ref.detach().numpy(), 1e-12, "mse vs torch")
             assert_close(d, pt.grad.numpy(), 1e-12, "mse grad vs torch")
+
+
+def test_loss_backward_checks_dloss_and_targets():
+    for fn, args in ((xpcnn.CrossEntropyLoss(reduction="none"), (np.zeros((3, 4)), np.array([0, 1, 2]))),
+                     (xpcnn.MSELoss(reduction="none"), (np.zeros((3,)), np.zeros((3,))))):
+        fn(*args)
+        with pytest.raises(ValueError, match=r"backward: dloss of shape \(5,\) does not match the loss \(3,\)"):
+            fn.backward(np.ones(5))
+        assert fn.backward(2.0).shape == args[0].shape  # a number scales every position's loss
+    with pytest.raises(TypeError, match="MSELoss: the target must be an array, got NoneType"):
+        xpcnn.MSELoss()(np.zeros(3), None)

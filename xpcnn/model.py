@@ -52,7 +52,7 @@ class Sequential(Module):
 
     def _accept(self, a, what: str):
         """NumPy/list data is moved here and cast to the model dtype; backend arrays are checked by the layers."""
-        if isinstance(a, (np.ndarray, list, tuple)):
+        if isinstance(a, (np.ndarray, np.generic, list, tuple)):
             host = np.asarray(a)
             if host.dtype.kind not in "fiub":
                 raise TypeError(f"model {what} must be numeric, got dtype {host.dtype}")

@@ -1,6 +1,8 @@
 """Activation layers and Dropout."""
 from __future__ import annotations
 
+import numbers
+
 from .. import functional as F, parallel
 from .module import Module
 
@@ -72,8 +74,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.inplace = _check_inplace("Dropout", inplace)
         self._seed = 0

@@ -57,6 +57,16 @@ def _reduction(owner: str, size_average, reduce, reduction) -> str:
     return reduction
 
 
+def _check_dloss(owner: str, dloss, shape: tuple, single: bool = False):
+    """``dloss`` for ``reduction="none"``: a number, or an array of the loss's shape (NumPy data moved with it)."""
+    if isinstance(dloss, numbers.Real):
+        return dloss
+    got = tuple(getattr(dloss, "shape", ()))
+    if got != shape[single:]:
+        raise ValueError(f"{owner}.backward: dloss of shape {got} does not match the loss {shape[single:]}")
+    return dloss
+
+
 class CrossEntropyLoss:
     """PyTorch's ``CrossEntropyLoss(weight=None, size_average=None, ignore_index=-100, reduce=None,
     reduction="mean", label_smoothing=0.0)`` of logits ``(N, C)``, ``(N, C, d1, ...)`` or one sample ``(C,)``.
@@ -175,8 +185,11 @@ class CrossEntropyLoss:
         if self._ctx is None:
             raise RuntimeError("CrossEntropyLoss.backward() called before the loss was computed")
         xp = array_namespace(self._ctx[0])
-        if self._single and self.reduction == "none" and hasattr(dloss, "ndim"):
-            dloss = xp.expand_dims(dloss, axis=0)
+        if self.reduction == "none":
+            dloss = _check_dloss("CrossEntropyLoss", dloss, tuple(self._ctx[0].shape[:1] + self._ctx[0].shape[2:]),
+                                 self._single)
+            if self._single and hasattr(dloss, "ndim"):
+                dloss = xp.expand_dims(dloss, axis=0)
         with device_context(self._ctx[0]):
             g = F.cross_entropy_backward(self._ctx, dloss)
         return g[0, ...] if self._single else g
@@ -199,6 +212,8 @@ class MSELoss:
     def forward(self, pred, target):
         _check_pred("MSELoss", pred)
         target = _to_device_of(target, pred)
+        if not hasattr(target, "shape"):
+            raise TypeError(f"MSELoss: the target must be an array, got {type(target).__name__}")
         if tuple(target.shape) != tuple(pred.shape):
             raise ValueError(f"MSELoss: target shape {tuple(target.shape)} differs from prediction shape "
                              f"{tuple(pred.shape)}")
@@ -213,6 +228,8 @@ class MSELoss:
         """Gradient w.r.t. the prediction (``dloss``: of the loss's shape for ``reduction="none"``)."""
         if self._ctx is None:
             raise RuntimeError("MSELoss.backward() called before the loss was computed")
+        if self.reduction == "none":
+            dloss = _check_dloss("MSELoss", dloss, tuple(self._ctx[0].shape))
         with device_context(self._ctx[0]):
             return F.mse_backward(self._ctx, dloss)
 
