@@ -213,3 +213,34 @@ def test_pooling_takes_one_unbatched_image(make, env, rng):
     dx, dx1 = single.backward(env.put(dy)), batch.backward(env.put(dy[None]))
     assert tuple(dx.shape) == x.shape
     assert_close(env.get(dx), env.get(dx1)[0], env.tol, "unbatched backward")
+
+
+def test_checkpoint_of_the_new_options_loads_back_and_into_torch(tmp_path):
+    """state_dict names as PyTorch's for affine=False / track_running_stats=False / momentum=None, through a
+    checkpoint file: back into xpcnn on another backend, and into torch with strict=True."""
+    from xpcnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    def make(backend):
+        return xpcnn.Sequential(xpcnn.Conv2d(1, 3, 3), xpcnn.BatchNorm2d(3, affine=False, momentum=None),
+                                xpcnn.ReLU(True), xpcnn.BatchNorm2d(3, track_running_stats=False),
+                                xpcnn.Flatten(1, -1), xpcnn.Linear(48, 4), xpcnn.BatchNorm1d(4, 1e-3, None, False),
+                                backend=backend, dtype="float64", seed=4)
+    m = make("numpy")
+    x = np.random.default_rng(0).standard_normal((5, 1, 6, 6))
+    for _ in range(2):
+        m(x)
+    p = tmp_path / "o.ckpt"
+    save_checkpoint(p, m)
+    back = make("array_api_strict")
+    load_checkpoint(p, back)
+    m.eval()
+    back.eval()
+    assert_close(xpcnn.to_numpy(back(x)), m(x), 1e-12, "reloaded model")
+    if HAVE_TORCH:
+        import torch
+        from xpcnn.torch_compat import to_torch
+        net = to_torch(m, copy_weights=False)
+        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in Checkpoint(p).model_state.items()},
+                            strict=True)
+        net.eval()
+        assert_close(net(torch.from_numpy(x)).detach().numpy(), m(x), 1e-12, "into torch")
