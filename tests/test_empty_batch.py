@@ -1,5 +1,5 @@
 """An empty batch (N = 0) runs through every layer, forward and backward, as in PyTorch: empty outputs and input
-gradients of the right shapes, parameter gradients of zero; batch norm in training refuses it, as PyTorch does."""
+gradients of the right shapes, parameter gradients of zero; batch norm in training too, as PyTorch."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,13 +42,28 @@ def test_layers_run_an_empty_batch(make, in_shape, out_shape, env):
     assert tuple(model.forward(np.zeros((0,) + in_shape)).shape) == (0,) + out_shape
 
 
-def test_batch_norm_takes_an_empty_batch_in_eval_only(env):
-    model = env.model(xpcnn.BatchNorm2d(3))
+@pytest.mark.parametrize("cls,shape", [(xpcnn.BatchNorm2d, (0, 3, 4, 4)), (xpcnn.BatchNorm1d, (0, 3)),
+                                       (xpcnn.BatchNorm1d, (0, 3, 5))])
+def test_batch_norm_takes_an_empty_batch(cls, shape, env):
+    """As PyTorch: in training an empty batch gives an empty output and zero gradients, leaves the running
+    statistics as they are and counts the batch; one value per channel is refused."""
+    model = env.model(cls(3, momentum=None))
+    bn = model[0]
+    warm = (2, 3) + (4,) * (len(shape) - 2)
+    model.forward(np.arange(float(np.prod(warm))).reshape(warm) % 7)
+    rm, rv = env.get(bn.running_mean), env.get(bn.running_var)
+    y = model.forward(np.zeros(shape))
+    assert tuple(y.shape) == shape
+    assert np.array_equal(env.get(bn.running_mean), rm) and np.array_equal(env.get(bn.running_var), rv)
+    assert int(xpcnn.to_numpy(bn.num_batches_tracked)) == 2
+    model.zero_grad()
+    assert tuple(model.backward(np.zeros(shape)).shape) == shape
+    assert np.all(env.get(bn.weight.grad) == 0) and np.all(env.get(bn.bias.grad) == 0)
     model.eval()
-    assert tuple(model.forward(np.zeros((0, 3, 4, 4))).shape) == (0, 3, 4, 4)
+    assert tuple(model.forward(np.zeros(shape)).shape) == shape
     model.train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        model.forward(np.zeros((0, 3, 4, 4)))
+        model.forward(np.zeros((1,) + shape[1:2] + (1,) * (len(shape) - 2)))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

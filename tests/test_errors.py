@@ -19,11 +19,14 @@ def net(env):
 def test_wrong_rank(key):
     env = make_env(key)
     model = net(env)
-    with pytest.raises(ValueError, match=r"layer '0' Conv2d\(3, 4, kernel_size=\(3, 3\).*expected a 4-D input "
-                                         r"\(N, C, H, W\), got shape \(2, 3, 6\)"):
+    with pytest.raises(ValueError, match=r"layer '0' Conv2d\(3, 4, kernel_size=\(3, 3\).*expected a 3-D or 4-D "
+                                         r"input \(N, C, H, W\) or one sample \(C, H, W\), got shape \(3, 6\)"):
+        model.forward(np.zeros((3, 6)))
+    with pytest.raises(ValueError, match=r"layer '0' Conv2d.*expected 3 input channels \(axis 0\), got 2 "
+                                         r"\(input shape \(2, 3, 6\)\)"):  # one unbatched image
         model.forward(np.zeros((2, 3, 6)))
-    with pytest.raises(ValueError, match=r"layer '5' Linear\(in_features=16.*expected a 2-D input .*got shape "
-                                         r"\(2, 16, 1\)"):
+    with pytest.raises(ValueError, match=r"layer '5' Linear\(in_features=16.*expected 16 input features, got 1 "
+                                         r"\(the last axis of input shape \(2, 16, 1\)\)"):
         model[5].forward(env.put(np.zeros((2, 16, 1))))
     with pytest.raises(ValueError, match=r"layer '2' MaxPool2d.*4-D.*got shape \(6, 6\)"):
         model[2].forward(env.put(np.zeros((6, 6))))
@@ -62,8 +65,8 @@ def test_labels_out_of_range_or_float(key):
     env = make_env(key)
     logits = env.put(np.zeros((3, 4)))
     loss = xpcnn.CrossEntropyLoss()
-    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels must be in \[0, 3\] for 4 classes, got values "
-                                         r"in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: labels must be in \[0, 3\] for 4 classes "
+                                         r"\(or ignore_index=-100\), got values in \[0, 4\]"):
         loss(logits, np.array([0, 4, 1]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\].*got values in \[-1, 2\]"):
         loss(logits, env.put(np.array([2, -1, 1])))
@@ -72,9 +75,10 @@ def test_labels_out_of_range_or_float(key):
         loss(logits, np.array([0.0, 1.0, 2.0]))
     with pytest.raises(TypeError, match=r"labels must be integer.*float"):
         loss(logits, env.put(np.array([0.0, 1.0, 2.0])))
-    with pytest.raises(ValueError, match=r"expected labels of shape \(3,\).*got \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"expected labels \(class indices\) of shape \(3,\).*got \(3, 1\)"):
         loss(logits, np.array([[0], [1], [2]]))
-    with pytest.raises(ValueError, match=r"expected logits of shape \(N, classes\), got shape \(3, 4, 1\)"):
+    with pytest.raises(ValueError, match=r"expected labels \(class indices\) of shape \(3, 1\) for logits "
+                                         r"\(3, 4, 1\), got \(3,\)"):  # per-position logits need per-position labels
         loss(env.put(np.zeros((3, 4, 1))), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"MSELoss: target shape \(3, 3\) differs from prediction shape \(3, 4\)"):
         xpcnn.MSELoss()(logits, np.zeros((3, 3)))

@@ -9,7 +9,7 @@ import xpcnn
 import xpcnn.functional as F
 from gradcheck import assert_close, check_grads, numerical_grad
 
-SHAPES = {"2d": (5, 3), "4d": (2, 3, 4, 3)}
+SHAPES = {"2d": (5, 3), "3d": (3, 3, 4), "4d": (2, 3, 4, 3)}
 
 
 def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):
@@ -26,7 +26,7 @@ def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):
     return out
 
 
-@pytest.mark.parametrize("kind", ["2d", "4d"])
+@pytest.mark.parametrize("kind", ["2d", "3d", "4d"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm_functional_numpy(kind, training, rng):
     shape = SHAPES[kind]
@@ -48,7 +48,7 @@ def test_batch_norm_functional_numpy(kind, training, rng):
                 [dx, dg, db], dy, names=["x", "weight", "bias"])
 
 
-@pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "2d")])
+@pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "2d"), (xpcnn.BatchNorm1d, "3d")])
 def test_batch_norm_layer_train_eval_running_stats(cls, kind, env, rng):
     """Two training steps (running stats as PyTorch: momentum 0.1, eps 1e-5, unbiased running var),
     then eval uses them; gradients against numerical gradients of the reference."""
@@ -110,3 +110,66 @@ def test_batch_norm_custom_momentum(rng):
     _, rm, rv = ref.batch_norm_train(x, np.ones(4), np.zeros(4), np.zeros(4), np.ones(4), momentum=0.3)
     assert_close(model[0].running_mean, rm, 1e-7, "running_mean")
     assert_close(model[0].running_var, rv, 1e-7, "running_var")
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+@pytest.mark.parametrize("track", [True, False], ids=["running", "no-running"])
+@pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "3d")])
+def test_batch_norm_options(cls, kind, affine, track, env, rng):
+    """affine=False: no weight or bias; track_running_stats=False: no buffers, batch statistics in eval too;
+    momentum=None: the running statistics are the cumulative average of the batches' (num_batches_tracked)."""
+    shape = SHAPES[kind]
+    model = env.model(cls(3, 1e-3, None, affine, track))
+    bn = model[0]
+    keys = (["0.weight", "0.bias"] if affine else []) + (
+        ["0.running_mean", "0.running_var", "0.num_batches_tracked"] if track else [])
+    assert list(model.state_dict()) == keys
+    ones, zeros = np.ones(3), np.zeros(3)
+    means, variances = [], []
+    for step in range(3):
+        x = env.ref_input(rng.standard_normal(shape) * (step + 1) + step)
+        y = model.forward(env.put(x))
+        y_ref, rm, rv = ref.batch_norm_train(x, ones, zeros, zeros, zeros, momentum=1.0, eps=1e-3)
+        assert_close(env.get(y), y_ref, env.tol, f"forward step {step}")
+        means.append(rm)
+        variances.append(rv)
+    if track:
+        assert_close(env.get(bn.running_mean), np.mean(means, axis=0), env.tol, "cumulative running_mean")
+        assert_close(env.get(bn.running_var), np.mean(variances, axis=0), env.tol, "cumulative running_var")
+        assert int(xpcnn.to_numpy(bn.num_batches_tracked)) == 3
+    dy = env.ref_input(rng.standard_normal(shape))
+    model.zero_grad()
+    dx = model.backward(env.put(dy))
+    dx_ref = _ref_grads(x, ones, zeros, dy, True, zeros, ones, eps=1e-3)[0]
+    assert_close(env.get(dx), dx_ref, env.tol, "dx")
+    model.eval()
+    x = env.ref_input(rng.standard_normal(shape))
+    y = model.forward(env.put(x))
+    if track:
+        y_ref = ref.batch_norm_eval(x, ones, zeros, np.mean(means, axis=0), np.mean(variances, axis=0), 1e-3)
+    else:  # no running statistics: eval normalises with the batch's, as PyTorch
+        y_ref = ref.batch_norm_train(x, ones, zeros, zeros, ones, eps=1e-3)[0]
+    assert_close(env.get(y), y_ref, env.tol, "eval forward")
+    dx = model.backward(env.put(dy))
+    dx_ref = _ref_grads(x, ones, zeros, dy, not track, np.mean(means, axis=0), np.mean(variances, axis=0),
+                        eps=1e-3)[0]
+    assert_close(env.get(dx), dx_ref, env.tol, "eval dx")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=-1), "eps must be a number > 0"), (dict(eps=0), "eps must be a number > 0"),
+    (dict(eps="1e-5"), "eps must be a number > 0"), (dict(momentum=1.5), r"momentum must be a number in \[0, 1\]"),
+    (dict(momentum=-0.1), "momentum must be"), (dict(momentum=True), "momentum must be"),
+    (dict(device="cuda"), "device='cuda' per layer is not supported"),
+    (dict(dtype="float64"), "dtype='float64' per layer is not supported")])
+def test_batch_norm_refuses_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        xpcnn.BatchNorm2d(3, **kwargs)
+
+
+def test_batch_norm_input_ranks():
+    with pytest.raises(ValueError, match=r"expected a 4-D input \(N, C, H, W\), got shape \(3, 4, 4\)"):
+        xpcnn.Sequential(xpcnn.BatchNorm2d(3), backend="numpy")(np.zeros((3, 4, 4)))  # unbatched: not in torch
+    with pytest.raises(ValueError, match=r"expected a 2-D or 3-D input \(N, C\) or \(N, C, L\), got shape \(3,\)"):
+        xpcnn.Sequential(xpcnn.BatchNorm1d(3), backend="numpy")(np.zeros(3))
+    xpcnn.BatchNorm1d(np.int64(3), 1e-5, 0.1, True, True, None, None)  # every default, in PyTorch's order

@@ -52,12 +52,15 @@ class Sequential(Module):
 
     def _accept(self, a, what: str):
         """NumPy/list data is moved here and cast to the model dtype; backend arrays are checked by the layers."""
-        if isinstance(a, (np.ndarray, list, tuple)):
+        if isinstance(a, (np.ndarray, np.generic, list, tuple)):
             host = np.asarray(a)
             if host.dtype.kind not in "fiub":
                 raise TypeError(f"model {what} must be numeric, got dtype {host.dtype}")
             return self.backend.asarray(host, dtype=self.backend.dtype)
-        if self.backend is not None and _is_array(a) and not self.backend.owns(a):
+        if not _is_array(a):
+            raise TypeError(f"model {what} must be an array (NumPy, or one of the model's backend), "
+                            f"got {type(a).__name__}")
+        if self.backend is not None and not self.backend.owns(a):
             raise ValueError(f"model {what} is a {self.backend.describe(a)}, but the model is on "
                              f"{self.backend.spec}: pass a NumPy array (moved to the model's device "
                              f"automatically) or model.backend.asarray(x), or move the model with model.to(...)")
@@ -73,15 +76,21 @@ class Sequential(Module):
         if self.backend.name == "numpy":
             malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
         self._ctx_ready = False
-        self._split = replicas.plan(self, x.shape[0]) if x.ndim else None
+        self._split = replicas.plan(self, x.shape[0]) if x.ndim and not self._unbatched(x) else None
         # CuPy: allocate on the model's GPU, not the current one
         with self.backend.activate():
             if self._split is None:
                 y = self._forward_layers(x)
             else:
                 y = self._split.forward(self, x, lambda shard: self._forward_layers(shard, workers=1))
-        self._ctx_ready = True
+        # the output's shape, for the gradient's check (a last layer may return (y, indices), as PyTorch's pools)
+        self._ctx_ready, self._out_shape = True, tuple((y[0] if isinstance(y, tuple) else y).shape)
         return y
+
+    def _unbatched(self, x) -> bool:
+        """Whether ``x`` is one unbatched sample for the first layer that tells batches from samples."""
+        nd = next((m.batched_ndim for m in self.layers if m.batched_ndim is not None), None)
+        return nd is not None and x.ndim == nd - 1
 
     def _forward_layers(self, x, workers: int | None = None):
         with parallel.step(self.backend.xp, workers):
@@ -130,6 +139,9 @@ class Sequential(Module):
         dy = self._accept(dy, "gradient")
         if self.layers:
             self.layers[-1].check_input(dy)
+        if tuple(dy.shape) != self._out_shape:
+            raise ValueError(f"Sequential.backward: gradient of shape {tuple(dy.shape)} does not match the output "
+                             f"{self._out_shape}")
         split, self._split = getattr(self, "_split", None), None
         with self.backend.activate():
             if split is None:

@@ -34,12 +34,14 @@ def torch_module(layer: Any, torch):
     if name == "AdaptiveMaxPool2d":
         return nn.AdaptiveMaxPool2d(layer.output_size, layer.return_indices)
     if name == "Flatten":
-        return nn.Flatten(layer.start_dim)
+        return nn.Flatten(layer.start_dim, layer.end_dim)
     if name == "LeakyReLU":
-        return nn.LeakyReLU(layer.negative_slope)
+        return nn.LeakyReLU(layer.negative_slope, layer.inplace)
     if name == "Dropout":
-        return nn.Dropout(layer.p)
-    if name in ("ReLU", "Sigmoid", "Tanh"):
+        return nn.Dropout(layer.p, layer.inplace)
+    if name == "ReLU":
+        return nn.ReLU(layer.inplace)
+    if name in ("Sigmoid", "Tanh"):
         return getattr(nn, name)()
     if name == "Sequential":
         return nn.Sequential(*[torch_module(child, torch) for child in layer])

@@ -1,6 +1,7 @@
 """Small helpers shared by the functional ops: argument normalisation and padding."""
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from array_api_compat import array_namespace, device
@@ -9,15 +10,17 @@ from .. import kernels
 
 
 def pair(value: Any, name: str = "value") -> tuple[int, int]:
-    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; anything else is a clear error."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
+    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)`` (NumPy integers too, not bools); anything else is a clear error."""
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
         return (int(value[0]), int(value[1]))
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def is_int(value: Any) -> bool:
+    """Python and NumPy integers, not bools (``bool`` is an int subclass; NumPy's bool is no ``numbers.Integral``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def conv_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int],

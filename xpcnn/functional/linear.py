@@ -41,7 +41,11 @@ def linear(x, weight, bias=None):
     return linear_forward(x, weight, bias)[0]
 
 
-def flatten(x, start_dim: int = 1):
-    """Collapse all axes from ``start_dim`` on: ``(N, C, H, W) -> (N, C*H*W)``."""
+def flatten(x, start_dim: int = 1, end_dim: int = -1):
+    """Collapse the axes ``start_dim`` to ``end_dim`` (both included; ``end_dim`` may count from the end) into
+    one: ``(N, C, H, W) -> (N, C*H*W)`` by default."""
     xp = array_namespace(x)
-    return xp.reshape(x, tuple(x.shape[:start_dim]) + (math.prod(x.shape[start_dim:]),))  # -1: ambiguous at N = 0
+    shape = tuple(x.shape)
+    end = end_dim + max(1, len(shape)) if end_dim < 0 else end_dim
+    # the collapsed size written out, not -1: ambiguous at N = 0
+    return xp.reshape(x, shape[:start_dim] + (math.prod(shape[start_dim:end + 1]),) + shape[end + 1:])

@@ -1,4 +1,4 @@
-"""Batch normalisation over (N,) or (N, H, W), as in PyTorch.
+"""Batch normalisation over (N,), (N, L) or (N, H, W), as in PyTorch.
 
 Training normalises with the biased batch variance and updates the running
 variance with the unbiased one; evaluation uses the running statistics.
@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from .. import kernels, parallel
 from ._util import rows_sum
 
 
 def _rows(xp, x):
-    """``(rows (R/g, g*C), g)``: ``x`` as channels-last rows grouped ``g`` at a time (g = W for 4-D, 1 for 2-D)."""
+    """``(rows (R/g, g*C), g)``: ``x`` as channels-last rows grouped ``g`` at a time (g = W for 4-D, L for 3-D, 1 for
+    2-D)."""
     if x.ndim == 2:
         return x, 1
+    if x.ndim == 3:
+        n, c, length = x.shape
+        return xp.reshape(xp.permute_dims(x, (0, 2, 1)), (n, length * c)), length
     if x.ndim != 4:
-        raise ValueError(f"batch_norm expects a 2-D (N, C) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
+        raise ValueError(f"batch_norm expects a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, got shape "
+                         f"{tuple(x.shape)}")
     n, c, h, w = x.shape
     return xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (n * h, w * c)), w
 
@@ -33,6 +38,9 @@ def _unrows(xp, m, shape):
     """Inverse of :func:`_rows`: an array of ``shape`` (NCHW view of channels-last memory for 4-D)."""
     if len(shape) == 2:
         return m
+    if len(shape) == 3:
+        n, c, length = shape
+        return xp.permute_dims(xp.reshape(m, (n, length, c)), (0, 2, 1))
     n, c, h, w = shape
     return xp.permute_dims(xp.reshape(m, (n, h, w, c)), (0, 3, 1, 2))
 
@@ -84,7 +92,9 @@ def _fold(xp, v, g: int, c: int):
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training: bool = True,
                        momentum: float = 0.1, eps: float = 1e-5):
-    """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays.
+    """Returns ``(y, new_running_mean, new_running_var, ctx)``; running stats are new arrays. ``momentum`` may be a
+    0-d array (the cumulative average's ``1 / batches``). An empty batch in training leaves the running statistics
+    as they are and gives an empty output (as PyTorch).
 
     Centred variance (numerically safe); ``y = centered * scale + bias`` with the per-channel
     ``scale = weight / sqrt(var + eps)``: four passes over ``x``. Backward keeps ``centered`` (the size of
@@ -95,8 +105,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     c = x.shape[1]
     count = math.prod(x.shape) // c
     if training:
-        if count < 2:
+        if count == 1:  # as PyTorch: an empty batch is fine, one value per channel is not
             raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
+        if count == 0:
+            inv_std = xp.ones((c,), dtype=x.dtype, device=device(x))
+            scale = inv_std if weight is None else weight * inv_std
+            y = _affine(xp, m, scale, bias, g)
+            return _unrows(xp, y, x.shape), running_mean, running_var, (m, inv_std, weight, False)
         mean, var, centered, count = _center(xp, m, g, c, count)
         if running_mean is not None:
             running_mean = (1 - momentum) * running_mean + momentum * mean

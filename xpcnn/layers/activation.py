@@ -1,8 +1,17 @@
 """Activation layers and Dropout."""
 from __future__ import annotations
 
+import numbers
+
 from .. import functional as F, parallel
 from .module import Module
+
+
+def _check_inplace(owner: str, inplace) -> bool:
+    """PyTorch's ``inplace``: accepted either way; xpcnn never overwrites a layer's input (same values)."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"{owner}: inplace must be a bool, got {inplace!r}")
+    return inplace
 
 
 class _OutputActivation(Module):
@@ -19,8 +28,12 @@ class _OutputActivation(Module):
 
 
 class ReLU(_OutputActivation):
-    """``max(x, 0)``."""
+    """``max(x, 0)``; ``inplace`` as PyTorch's is accepted (the input is kept)."""
     _forward, _backward = staticmethod(F.relu), staticmethod(F.relu_backward)
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = _check_inplace("ReLU", inplace)
 
 
 class Sigmoid(_OutputActivation):
@@ -35,9 +48,10 @@ class Tanh(_OutputActivation):
 
 class LeakyReLU(Module):
     """``x`` where positive, ``negative_slope * x`` elsewhere (backward needs the input)."""
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
         self.negative_slope = float(negative_slope)
+        self.inplace = _check_inplace("LeakyReLU", inplace)
 
     def forward(self, x):
         self.check_input(x)
@@ -58,11 +72,12 @@ class Dropout(Module):
     (CuPy draws on the GPU; other backends draw on the host and copy).
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
+        self.inplace = _check_inplace("Dropout", inplace)
         self._seed = 0
         self._random = self._random_backend = None
 
@@ -92,7 +107,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._ctx = None
             return x
-        n = x.shape[0]
+        n = x.shape[0] if x.ndim else 1
         start, total = parallel.batch_shard(n)
         if total == n:
             draws = self.source()(tuple(x.shape))

@@ -24,6 +24,7 @@ class Conv2d(Module):
     """
 
     can_skip_input_grad = True
+    batched_ndim = 4  # (C, H, W): one unbatched image, as PyTorch
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
@@ -58,7 +59,7 @@ class Conv2d(Module):
         return params
 
     def forward(self, x):
-        self.check_input(x, 4, self.in_channels, "(N, C, H, W)")
+        x = self.check_batch_input(x, self.in_channels, "(N, C, H, W)")
         padding = self.padding
         try:
             if self._mode_pads is not None:
@@ -67,17 +68,17 @@ class Conv2d(Module):
                                             self.stride, padding, self.dilation, self.groups)
         except ValueError as e:
             raise ValueError(f"{self.label()}: {e}") from None
-        return y
+        return self.batch_axis_out(y)
 
     def backward(self, dy, need_dx: bool = True):
         """Accumulate the parameter gradients; return dx (None with ``need_dx=False``: its GEMM is skipped)."""
-        dx, dw, db = conv2d_backward_params(dy, self._ctx, need_dx)
+        dx, dw, db = conv2d_backward_params(self.batch_axis_grad(dy), self._ctx, need_dx)
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db
         if dx is not None and self._mode_pads is not None:
             dx = pad2d_mode_backward(dx, self._mode_pads, self.padding_mode)
-        return dx
+        return dx if dx is None else self.batch_axis_out(dx)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

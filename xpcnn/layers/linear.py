@@ -8,20 +8,24 @@ import numpy as np
 from array_api_compat import device
 
 from .. import functional as F
-from ..functional._util import empty_nchw
+from ..functional._util import empty_nchw, is_int
 from ..functional.linear import linear_backward_params
-from .module import Module, check_positive_int
+from .module import Module, check_factory_kwargs, check_positive_int
 
 
 class Linear(Module):
-    """``y = x @ weight.T + bias``; weight ``(out_features, in_features)``, PyTorch's initialisation."""
+    """``y = x @ weight.T + bias``; weight ``(out_features, in_features)``, PyTorch's initialisation.
+
+    Takes ``(N, in_features)``, as PyTorch also ``(in_features,)`` and ``(N, ..., in_features)``."""
 
     can_skip_input_grad = True
+    batched_ndim = 2
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features", "Linear")
         self.out_features = check_positive_int(out_features, "out_features", "Linear")
+        check_factory_kwargs("Linear", device, dtype)
         self.has_bias = bool(bias)
 
     def init_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -32,15 +36,22 @@ class Linear(Module):
         return params
 
     def forward(self, x):
-        self.check_input(x, 2, layout="(N, features)")
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"{self.label()}: expected {self.in_features} input features, got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)})")
+        self.check_input(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            got = x.shape[-1] if x.ndim else "a 0-d input"
+            raise ValueError(f"{self.label()}: expected {self.in_features} input features, got {got} (the last "
+                             f"axis of input shape {tuple(x.shape)})")
+        self._ctx_lead = lead = None if x.ndim == 2 else tuple(x.shape[:-1])  # (features,), (N, ..., features)
+        if lead is not None:
+            x = self.backend.xp.reshape(x, (math.prod(lead), self.in_features))
         y, self._ctx = F.linear_forward(x, self.weight.data, self.bias.data if self.has_bias else None)
-        return y
+        return y if lead is None else self.backend.xp.reshape(y, lead + (self.out_features,))
 
     def backward(self, dy, need_dx: bool = True):
         """Accumulate the parameter gradients; return dx (None with ``need_dx=False``)."""
+        lead = self._ctx_lead
+        if lead is not None:
+            dy = self.backend.xp.reshape(dy, (math.prod(lead), self.out_features))
         if need_dx:
             dx, dw, db = F.linear_backward(dy, self._ctx)
         else:
@@ -48,31 +59,45 @@ class Linear(Module):
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db
-        return dx
+        return dx if lead is None or dx is None else self.backend.xp.reshape(dx, lead + (self.in_features,))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"
 
 
 class Flatten(Module):
-    """``(N, C, H, W) -> (N, C*H*W)`` (from ``start_dim``, default 1)."""
+    """Axes ``start_dim`` to ``end_dim`` (negative: from the end) as one, as PyTorch: ``(N, C, H, W) -> (N, C*H*W)``
+    by default."""
 
-    def __init__(self, start_dim: int = 1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim = start_dim
+        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not is_int(v):
+                raise TypeError(f"Flatten: {name} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
         self.check_input(x)
-        if x.ndim <= self.start_dim:
-            raise ValueError(f"{self.label()}: input of shape {tuple(x.shape)} has no axis {self.start_dim} to flatten")
+        nd = max(1, x.ndim)  # a 0-d array flattens as one axis (as PyTorch)
+        start, end = (d + nd if d < 0 else d for d in (self.start_dim, self.end_dim))
+        if not (0 <= start < nd and 0 <= end < nd):
+            raise ValueError(f"{self.label()}: input of shape {tuple(x.shape)} has no axes {self.start_dim} to "
+                             f"{self.end_dim} to flatten (axes in [{-nd}, {nd - 1}])")
+        if start > end:
+            raise ValueError(f"{self.label()}: start_dim {self.start_dim} comes after end_dim {self.end_dim} for "
+                             f"input shape {tuple(x.shape)}")
         self._ctx = tuple(x.shape)
-        return F.flatten(x, self.start_dim)
+        self._ctx_channels_last = len(self._ctx) == 4 and start == 1 and end == 3
+        return F.flatten(x, start, end)
 
     def backward(self, dy):
         xp = self.backend.xp
         dx = xp.reshape(dy, self._ctx)
-        if len(self._ctx) != 4 or self.start_dim != 1:
+        if not self._ctx_channels_last:
             return dx
         out = empty_nchw(xp, self._ctx, dy.dtype, device(dy))  # channels-last memory, as the activations
         out[...] = dx
         return out
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

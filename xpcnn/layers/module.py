@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..backend import Backend, get_backend
+from ..functional._util import is_int
 
 
 class Parameter:
@@ -36,6 +37,7 @@ class Module:
     """Base class: parameters and buffers by name, forward/backward, train/eval, moving between backends."""
 
     can_skip_input_grad = False  # True where ``backward(dy, need_dx=False)`` skips the input gradient
+    batched_ndim: int | None = None  # the rank of a batch, where the layer also takes one sample of one axis less
 
     def __init__(self) -> None:
         self.training = True
@@ -216,13 +218,44 @@ class Module:
             raise ValueError(f"{self.label()}: expected {channels} input channels (axis 1), got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
 
+    def check_batch_input(self, x, channels: int | None = None, layout: str = ""):
+        """:meth:`check_input` for a layer that takes a batch of :attr:`batched_ndim` axes or, as PyTorch, one
+        unbatched sample of one axis less; returns ``x`` as a batch (a batch axis of one added to a sample).
+        Call :meth:`batch_axis_out` on what forward returns and backward returns, :meth:`batch_axis_grad` on the
+        gradient backward gets."""
+        nd = self.batched_ndim
+        self.check_input(x, (nd - 1, nd), None, f"{layout} or one sample {layout.replace('N, ', '')}")
+        self._ctx_single = single = x.ndim == nd - 1
+        if single:
+            x = self.backend.xp.expand_dims(x, axis=0)
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"{self.label()}: expected {channels} input channels (axis {1 - single}), got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)[single:]})")
+        return x
+
+    def batch_axis_out(self, a):
+        """``a`` without the batch axis :meth:`check_batch_input` added (unchanged for a batch)."""
+        return a[0, ...] if getattr(self, "_ctx_single", False) else a
+
+    def batch_axis_grad(self, dy):
+        """The gradient of an unbatched forward's output as a batch of one (unchanged for a batch)."""
+        return self.backend.xp.expand_dims(dy, axis=0) if getattr(self, "_ctx_single", False) else dy
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
 def check_positive_int(value: Any, name: str, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-    return value
+    return int(value)
+
+
+def check_factory_kwargs(owner: str, device: Any = None, dtype: Any = None) -> None:
+    """PyTorch's per-layer ``device=`` and ``dtype=``: accepted as None; xpcnn places a whole model at once."""
+    for name, value in (("device", device), ("dtype", dtype)):
+        if value is not None:
+            raise ValueError(f"{owner}: {name}={value!r} per layer is not supported: xpcnn puts the whole model on "
+                             f"one device and dtype, Sequential(..., backend=..., dtype=...)")

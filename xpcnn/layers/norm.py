@@ -1,21 +1,31 @@
 """Batch normalisation layers with running statistics, as in PyTorch."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import functional as F
-from .module import Module, check_positive_int
+from .module import Module, check_factory_kwargs, check_positive_int
 
 
 class _BatchNorm(Module):
-    _ndim = 4
+    _ndim: tuple[int, ...] = (4,)
     _layout = "(N, C, H, W)"
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None):
         super().__init__()
-        self.num_features = check_positive_int(num_features, "num_features", type(self).__name__)
-        self.eps, self.momentum = float(eps), float(momentum)
+        name = type(self).__name__
+        self.num_features = check_positive_int(num_features, "num_features", name)
+        check_factory_kwargs(name, device, dtype)
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"{name}: eps must be a number > 0, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+                                     or not 0 <= momentum <= 1):
+            raise ValueError(f"{name}: momentum must be a number in [0, 1] or None (a cumulative average), "
+                             f"got {momentum!r}")
+        self.eps, self.momentum = float(eps), None if momentum is None else float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
 
     def init_parameters(self, rng):
@@ -37,18 +47,24 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         self.check_input(x, self._ndim, self.num_features, self._layout)
+        update = self.training and self.track_running_stats
         use_batch = self.training or not self.track_running_stats
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         rm = getattr(self, "running_mean", None)
         rv = getattr(self, "running_var", None)
+        momentum = self.momentum
+        if update:
+            batches = self.num_batches_tracked + 1
+            if momentum is None:  # the cumulative average: the n-th batch weighs 1/n (on the device: no sync)
+                momentum = 1.0 / self.backend.xp.astype(batches, x.dtype)
         try:
-            y, rm, rv, self._ctx = F.batch_norm_forward(x, w, b, rm, rv, use_batch, self.momentum, self.eps)
+            y, rm, rv, self._ctx = F.batch_norm_forward(x, w, b, rm, rv, use_batch, momentum, self.eps)
         except ValueError as e:
             raise ValueError(f"{self.label()}: {e}") from None
-        if self.training and self.track_running_stats:
+        if update:
             self.running_mean, self.running_var = rm, rv
-            self.num_batches_tracked = self.num_batches_tracked + 1
+            self.num_batches_tracked = batches
         return y
 
     def backward(self, dy):
@@ -59,7 +75,8 @@ class _BatchNorm(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm2d(_BatchNorm):
@@ -67,6 +84,6 @@ class BatchNorm2d(_BatchNorm):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Per-feature normalisation of ``(N, C)`` over N."""
-    _ndim = 2
-    _layout = "(N, features)"
+    """Per-feature normalisation of ``(N, C)`` over N, or of ``(N, C, L)`` over N and L."""
+    _ndim = (2, 3)
+    _layout = "(N, C) or (N, C, L)"

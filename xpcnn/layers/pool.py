@@ -11,8 +11,16 @@ from ..functional.pool import check_divisor, pool_geometry
 from .module import Module
 
 
+def _result(layer, y, indices=None):
+    """What a pooling layer returns: ``y`` (or ``(y, indices(ctx))``), without the batch axis that an unbatched
+    ``(C, H, W)`` input was given."""
+    y = layer.batch_axis_out(y)
+    return y if indices is None else (y, layer.batch_axis_out(indices(layer._ctx)))
+
+
 class _Pool2d(Module):
     _backward = None  # the functional backward (a class attribute: tests plant faults there)
+    batched_ndim = 4  # (C, H, W): one unbatched image, as PyTorch
 
     def __init__(self, kernel_size: Any, stride: Any, padding: Any, dilation: Any = 1):
         super().__init__()
@@ -24,14 +32,14 @@ class _Pool2d(Module):
                       self.dilation)  # validates options
 
     def _run(self, fn, x, *options):
-        self.check_input(x, 4, layout="(N, C, H, W)")
+        x = self.check_batch_input(x, layout="(N, C, H, W)")
         try:
             return fn(x, self.kernel_size, self.stride, self.padding, *options)
         except ValueError as e:
             raise ValueError(f"{self.label()}: {e}") from None
 
     def backward(self, dy):
-        return type(self)._backward(dy, self._ctx)
+        return self.batch_axis_out(type(self)._backward(self.batch_axis_grad(dy), self._ctx))
 
     def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -55,7 +63,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         y, self._ctx = self._run(F.max_pool2d_forward, x, self.dilation, self.ceil_mode)
-        return (y, F.max_pool2d_indices(self._ctx)) if self.return_indices else y
+        return _result(self, y, F.max_pool2d_indices if self.return_indices else None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", return_indices=True" if self.return_indices else "")
@@ -76,7 +84,7 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         y, self._ctx = self._run(F.avg_pool2d_forward, x, self.ceil_mode, self.count_include_pad,
                                  self.divisor_override)
-        return y
+        return _result(self, y)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -88,6 +96,7 @@ class AvgPool2d(_Pool2d):
 
 
 class _AdaptivePool2d(Module):
+    batched_ndim = 4
     def __init__(self, output_size: Any):
         super().__init__()
         try:
@@ -106,12 +115,12 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
         super().__init__(output_size)
 
     def forward(self, x):
-        self.check_input(x, 4, layout="(N, C, H, W)")
+        x = self.check_batch_input(x, layout="(N, C, H, W)")
         y, self._ctx = F.adaptive_avg_pool2d_forward(x, self.output_size)
-        return y
+        return _result(self, y)
 
     def backward(self, dy):
-        return F.adaptive_avg_pool2d_backward(dy, self._ctx)
+        return self.batch_axis_out(F.adaptive_avg_pool2d_backward(self.batch_axis_grad(dy), self._ctx))
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
@@ -122,12 +131,12 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
         self.return_indices = bool(return_indices)
 
     def forward(self, x):
-        self.check_input(x, 4, layout="(N, C, H, W)")
+        x = self.check_batch_input(x, layout="(N, C, H, W)")
         y, self._ctx = F.adaptive_max_pool2d_forward(x, self.output_size)
-        return (y, F.adaptive_max_pool2d_indices(self._ctx)) if self.return_indices else y
+        return _result(self, y, F.adaptive_max_pool2d_indices if self.return_indices else None)
 
     def backward(self, dy):
-        return F.adaptive_max_pool2d_backward(dy, self._ctx)
+        return self.batch_axis_out(F.adaptive_max_pool2d_backward(self.batch_axis_grad(dy), self._ctx))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", return_indices=True" if self.return_indices else "")
