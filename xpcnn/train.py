@@ -6,6 +6,10 @@ a GPU. A non-finite loss stops training with :class:`NonFiniteLossError`
 naming the epoch and step. Ctrl-C (SIGINT) is turned into a clean stop at the
 next step boundary (:class:`TrainingInterrupted`), so the caller can save a
 consistent checkpoint; a second Ctrl-C interrupts at once.
+
+Under MPI (:mod:`xpcnn.distributed`) the ranks agree on stopping with one small allreduce per step, the
+losses and counts read back are summed over the ranks (so every rank sees the global batch's and a NaN
+stops all at the same step), and rank 0 alone draws the progress bar.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import distributed
 from .backend import to_numpy
 from .errors import InputValueError
 
@@ -150,7 +155,7 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
             history.append(record)
             for cb in callbacks:
                 cb(record)
-            if flag.get("stop"):  # Ctrl-C during evaluation or a callback: stop at the epoch boundary
+            if distributed.world().any(flag.get("stop")):  # Ctrl-C in evaluation or a callback: stop here
                 raise TrainingInterrupted(epoch + 1, 0)
     return history
 
@@ -165,7 +170,8 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
     model.train()
     total = len(data) if hasattr(data, "__len__") else 0
     first = getattr(data, "position", 0) if getattr(data, "_resume", False) else 0
-    bar = Progress(total, f"epoch {epoch}/{epochs}", progress)
+    comm = distributed.world()
+    bar = Progress(total, f"epoch {epoch}/{epochs}", progress if comm.rank == 0 else False)
     pending: list = []          # per-step losses not yet read back
     loss_sum = correct = 0.0
     seen = 0
@@ -183,18 +189,15 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             optimizer.step()
             b = int(y.shape[0])
             pending.append((loss * b, _xp_sum_correct(logits, y), b))
-            seen += b
             if len(pending) >= log_every or step == total:
-                last_loss, s, c = _drain(pending, epoch, step)
-                loss_sum += s
-                correct += c
+                last_loss, s, c, n = _drain(pending, epoch, step, comm)
+                loss_sum, correct, seen = loss_sum + s, correct + c, seen + n
                 bar.update(step, seen, last_loss)
-            if flag.get("stop"):
+            if comm.any(flag.get("stop")):  # every rank stops after the same step
                 raise TrainingInterrupted(epoch, step)
         if pending:
-            last_loss, s, c = _drain(pending, epoch, step)
-            loss_sum += s
-            correct += c
+            last_loss, s, c, n = _drain(pending, epoch, step, comm)
+            loss_sum, correct, seen = loss_sum + s, correct + c, seen + n
     finally:
         bar.close()
     backend.synchronize()
@@ -203,17 +206,22 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9), "backend": backend.spec}
 
 
-def _drain(pending: list, epoch: int, step: int) -> tuple[float, float, float]:
-    """One read-back of the pending per-step values; raise at the first non-finite loss."""
+def _drain(pending: list, epoch: int, step: int, comm=None) -> tuple[float, float, float, int]:
+    """One read-back of the pending per-step values (summed over the ranks of ``comm``); raise at the first
+    non-finite loss. Returns the last step's mean loss and the sums of losses, correct predictions and samples."""
     from array_api_compat import array_namespace
 
     xp = array_namespace(pending[0][0])
     values = to_numpy(xp.stack([xp.stack([xp.astype(l, c.dtype) if l.dtype != c.dtype else l, c])
                                 for l, c, _ in pending]))
-    sizes = np.array([b for _, _, b in pending], dtype=np.float64)
+    values = np.concatenate([values.astype(np.float64), [[b] for _, _, b in pending]], axis=1)
+    if comm is not None:
+        comm.allreduce_(values)
+    sizes = values[:, 2]
     bad = np.flatnonzero(~np.isfinite(values[:, 0]))
     if bad.size:
         i = int(bad[0])
         raise NonFiniteLossError(epoch, step - len(pending) + 1 + i, float(values[i, 0] / sizes[i]))
     pending.clear()
-    return float(values[-1, 0] / sizes[-1]), float(np.sum(values[:, 0])), float(np.sum(values[:, 1]))  # host NumPy
+    return (float(values[-1, 0] / sizes[-1]), float(np.sum(values[:, 0])), float(np.sum(values[:, 1])),
+            int(np.sum(sizes)))  # host NumPy

@@ -1,7 +1,7 @@
 """Activation layers and Dropout."""
 from __future__ import annotations
 
-from .. import functional as F, parallel
+from .. import distributed, functional as F
 from .module import Module
 
 
@@ -93,10 +93,10 @@ class Dropout(Module):
             self._ctx = None
             return x
         n = x.shape[0]
-        start, total = parallel.batch_shard(n)
+        start, total = distributed.batch_rows(n)
         if total == n:
             draws = self.source()(tuple(x.shape))
-        else:  # this process's rows of the whole batch's mask (xpcnn.replicas)
+        else:  # this rank's rows of the global batch's mask (xpcnn.distributed)
             draws = self.source()((total,) + tuple(x.shape[1:]))[start:start + n, ...]
         self._ctx = keep = draws >= self.p
         return F.dropout(x, self.p, keep)
