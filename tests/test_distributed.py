@@ -198,3 +198,15 @@ def test_workers_without_mpi_is_one_clear_line(monkeypatch, capsys):
     assert main(["train", "--workers", "2", "--epochs", "1", "--limit", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["xpcnn train: error: no mpiexec next to this Python or on PATH"]
+
+
+@needs_mpi
+def test_the_readme_example_runs_as_written_on_two_ranks(tmp_path):
+    readme = (HERE.parent / "README.md").read_text()
+    after = readme.split("From Python (`mpiexec -n 2 python example.py`", 1)[1]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 10
+    (tmp_path / "example.py").write_text(code)
+    r = mpiexec(2, str(tmp_path / "example.py"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"2 ranks: train loss \d\.\d{4}\n", r.stdout), r.stdout  # printed by rank 0 alone
