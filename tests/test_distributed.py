@@ -198,6 +198,8 @@ def test_workers_without_mpi_is_one_clear_line(monkeypatch, capsys):
     assert main(["train", "--workers", "2", "--epochs", "1", "--limit", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["xpcnn train: error: no mpiexec next to this Python or on PATH"]
+    assert main(["train", "--workers", "0"]) == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
 
 
 @needs_mpi

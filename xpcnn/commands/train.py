@@ -147,6 +147,8 @@ def _launch(args) -> int:
     """``--workers N``: this command again under ``mpiexec -n N`` (without ``--workers``)."""
     if distributed.launched():
         raise CLIError("--workers N starts mpiexec itself: under mpiexec, leave it out")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     argv, rest = list(args._argv), []
     while argv:
         a = argv.pop(0)
