@@ -19,10 +19,10 @@ from xpcnn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Lin
 STEPS, BATCH, SAMPLES = 10, 10, 35
 
 
-def _bn_model():  # no bias in front of a batch norm: its gradient is 0 and Adam would amplify the rounding
+def _bn_model(backend: str = "numpy"):  # no bias in front of a batch norm: its gradient is 0, Adam amplifies rounding
     return xpcnn.Sequential(Conv2d(1, 4, 3, padding=1, bias=False), BatchNorm2d(4), ReLU(), MaxPool2d(2),
-                            Flatten(), Linear(4 * 6 * 6, 16, bias=False), BatchNorm1d(16), ReLU(), Dropout(0.3), Linear(16, 5),
-                            dtype="float64", seed=3)
+                            Flatten(), Linear(4 * 6 * 6, 16, bias=False), BatchNorm1d(16), ReLU(), Dropout(0.3),
+                            Linear(16, 5), backend=backend, dtype="float64", seed=3)
 
 
 def _models():
@@ -30,9 +30,14 @@ def _models():
     lenet = xpcnn.build_model("lenet", 1, 5, 28, dtype="float64", seed=1)
     yield "lenet", lenet, optim.SGD(lenet.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4), \
         Dataset(rng.integers(0, 256, (SAMPLES, 1, 28, 28), dtype=np.uint8), rng.integers(0, 5, SAMPLES), 5)
+    small = Dataset(rng.integers(0, 256, (SAMPLES, 1, 12, 12), dtype=np.uint8), rng.integers(0, 5, SAMPLES), 5)
     bn = _bn_model()
-    yield "bn", bn, optim.Adam(bn.parameters(), lr=0.01), \
-        Dataset(rng.integers(0, 256, (SAMPLES, 1, 12, 12), dtype=np.uint8), rng.integers(0, 5, SAMPLES), 5)
+    yield "bn", bn, optim.Adam(bn.parameters(), lr=0.01), small
+    try:  # arrays that are not NumPy's go through the host buffers (as CuPy's do)
+        strict = _bn_model("array_api_strict")
+    except ImportError:
+        return
+    yield "bn_strict", strict, optim.Adam(strict.parameters(), lr=0.01), small
 
 
 def train_states(comm) -> dict[str, np.ndarray]:
