@@ -216,8 +216,8 @@ def _train(args) -> int:
 
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported once, below
-            fit(model, DistributedOptimizer(opt, comm) if comm.size > 1 else opt, loss_fn, train_loader, epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch],
-                initial_epoch=start, progress=False if args.quiet else None,
+            fit(model, DistributedOptimizer(opt, comm) if comm.size > 1 else opt, loss_fn, train_loader,
+                epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch], initial_epoch=start, progress=False if args.quiet else None,
                 lr_schedule=cosine_schedule(o["lr"], o["epochs"]))
     except NonFiniteLossError as e:
         kept = f"; {args.checkpoint} still holds epoch {history[-1]['epoch']}" if args.checkpoint and history else ""
