@@ -53,6 +53,18 @@ def test_shards_partition_every_batch_longer_ones_first():
             assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
 
 
+def test_the_optimizer_wrapper_is_the_optimizer_to_its_callers():
+    import copy
+
+    import xpcnn
+    model = xpcnn.build_model("digits-cnn", 1, 10, 8)
+    inner = xpcnn.optim.SGD(model.parameters(), lr=0.1)
+    opt = distributed.DistributedOptimizer(inner)
+    opt.lr = 0.25  # fit's schedule sets it
+    assert inner.lr == 0.25 and opt.params is inner.params and opt.state_dict()["lr"] == 0.25
+    assert copy.deepcopy(opt).lr == 0.25
+
+
 def test_one_process_hooks_are_no_ops():
     comm = distributed.Communicator()
     v = np.arange(3.0)

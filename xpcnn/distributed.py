@@ -281,6 +281,8 @@ class DistributedOptimizer:
         object.__setattr__(self, "comm", comm if comm is not None else world())
 
     def __getattr__(self, name: str):
+        if name == "optimizer":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.optimizer, name)
 
     def __setattr__(self, name: str, value) -> None:
