@@ -4,7 +4,6 @@
     python benchmarks/bench_cpu.py --models lenet --threads 1 --reps 30 --no-memory
 
     python benchmarks/bench_cpu.py --apart --rounds 3    # each framework alone, processes alternating
-    python benchmarks/bench_cpu.py --parallel threads    # xpcnn's per-op threads instead of worker processes
 
 Timing: for each (model, threads) the xpcnn steps and the PyTorch steps alternate in
 blocks (``--block`` steps of xpcnn, then of PyTorch, and again) so that a slow phase
@@ -22,11 +21,8 @@ for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kin
 process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch
 gets the same allocator setting as in the interleaved run.
 
-Parallelism (more than one thread): ``--parallel processes`` (default) lets xpcnn run the batch on worker
-processes (``config.set_parallel_mode("processes")``, one process per thread, each running the whole model
-on its shard; batch norm sums its statistics over the processes) for both models. ``--parallel threads``
-measures the per-op threads instead. The ``parallel`` column says which ran. PyTorch always uses its
-intra-op threads.
+Parallelism (more than one thread): xpcnn's per-op threads (``xpcnn.parallel``); PyTorch its intra-op
+threads. Several processes (MPI ranks) are timed by ``benchmarks/bench_mpi.py``.
 
 Memory: each (framework, model) runs in a fresh subprocess with 1 thread and
 glibc told to mmap every block of 64 KiB or more (MALLOC_MMAP_THRESHOLD_=65536),
@@ -139,7 +135,6 @@ def bench_time(models, threads_list, batch, reps, block):
     for name in models:
         model, xstep, data = make_xpcnn(name, batch)
         fns = {"xpcnn": xstep}
-        mode = parallel_used(model)
         if torch_ok:
             fns["torch"] = make_torch(model, data)
         for th in threads_list:
@@ -148,7 +143,7 @@ def bench_time(models, threads_list, batch, reps, block):
                 torch.set_num_threads(th)
             with threadpool_limits(limits=th):
                 t = time_interleaved(fns, reps, block=block)
-            row = {"model": name, "threads": th, "parallel": mode if th > 1 else "-",
+            row = {"model": name, "threads": th, "parallel": "threads" if th > 1 else "-",
                    "xpcnn_ms": 1e3 * statistics.median(t["xpcnn"])}
             if torch_ok:
                 row["torch_ms"] = 1e3 * statistics.median(t["torch"])
@@ -156,14 +151,6 @@ def bench_time(models, threads_list, batch, reps, block):
             rows.append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return rows
-
-
-def parallel_used(model) -> str:
-    """How xpcnn spreads ``model``'s step over threads > 1 under the current ``config.set_parallel_mode``."""
-    from xpcnn import config, replicas
-    if config.get_parallel_mode() == "processes" and replicas.why_not(model) is None:
-        return "processes"
-    return "threads"
 
 
 def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -> None:
@@ -177,7 +164,7 @@ def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -
     print(json.dumps(t))
 
 
-def bench_apart(models, threads_list, batch, reps, rounds, mode):
+def bench_apart(models, threads_list, batch, reps, rounds):
     frameworks = ["xpcnn"] + (["torch"] if have_torch() else [])
     if len(frameworks) == 1:
         print("PyTorch not installed: timing xpcnn only")
@@ -188,10 +175,10 @@ def bench_apart(models, threads_list, batch, reps, rounds, mode):
             for _ in range(rounds):
                 for fw in frameworks:
                     r = subprocess.run([sys.executable, __file__, "--time-child", fw, name, "--batch", str(batch),
-                                        "--threads", str(th), "--reps", str(reps), "--parallel", mode],
+                                        "--threads", str(th), "--reps", str(reps)],
                                        capture_output=True, text=True, check=True)
                     med[fw].append(statistics.median(json.loads(r.stdout.strip().splitlines()[-1])))
-            used = parallel_used(make_xpcnn(name, 1)[0]) if th > 1 else "-"
+            used = "threads" if th > 1 else "-"
             row = {"model": name, "threads": th, "parallel": used, "apart": True,
                    "xpcnn_ms": 1e3 * statistics.median(med["xpcnn"])}
             if "torch" in med:
@@ -258,13 +245,9 @@ def main(argv=None):
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--apart", action="store_true", help="time each framework alone, in alternating processes")
     ap.add_argument("--rounds", type=int, default=3, help="with --apart: xpcnn/PyTorch process pairs")
-    ap.add_argument("--parallel", choices=["threads", "processes"], default="processes",
-                    help="xpcnn's parallel mode above 1 thread (default: worker processes where the model allows)")
     ap.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--time-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    from xpcnn import config
-    config.set_parallel_mode(a.parallel)
     if a.memory_child:
         return memory_child(a.memory_child[0], a.memory_child[1], a.batch)
     if a.time_child:
@@ -274,10 +257,9 @@ def main(argv=None):
     if have_torch():
         import torch
         vers += f", torch {torch.__version__}"
-    print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}; block {a.block}; "
-          f"parallel mode {a.parallel}")
+    print(f"# {vers}; nproc {os.cpu_count()}; batch {a.batch}; reps {a.reps}; block {a.block}")
     if not a.no_time and a.apart:
-        bench_apart(a.models, a.threads, a.batch, a.reps, a.rounds, a.parallel)
+        bench_apart(a.models, a.threads, a.batch, a.reps, a.rounds)
     elif not a.no_time:
         bench_time(a.models, a.threads, a.batch, a.reps, a.block)
     if not a.no_memory:

@@ -134,25 +134,22 @@ def test_default_run_as_users_type_it(capsys):
     assert accuracy >= 0.97, out
 
 
-def test_threads_run_on_worker_processes_or_threads_as_asked(tmp_path, capsys):
+def test_threads_are_reported_and_do_not_change_the_result(tmp_path, capsys):
     pytest.importorskip("threadpoolctl", reason="--threads needs threadpoolctl")
-    from xpcnn import config
     results = {}
-    for mode in ("processes", "threads"):
-        metrics = tmp_path / f"{mode}.jsonl"
-        code, out, err = run(capsys, "train", "--epochs", "1", "--limit", "400", "--threads", "2", "--parallel", mode,
-                             "--metrics", str(metrics), "--quiet")
+    for threads in ("1", "2"):
+        metrics = tmp_path / f"{threads}.jsonl"
+        code, out, err = run(capsys, "train", "--epochs", "1", "--limit", "400", "--threads", threads,
+                             "--metrics", str(metrics))
         assert code == 0, err
-        code, out, err = run(capsys, "train", "--epochs", "1", "--limit", "64", "--threads", "2", "--parallel", mode)
-        assert ("2 worker processes" if mode == "processes" else ", 2 threads,") in out.splitlines()[0]
-        results[mode] = json.loads(metrics.read_text())
-        assert config.get_parallel_mode() == "threads"  # the library default is restored
-    assert results["processes"]["train_loss"] == pytest.approx(results["threads"]["train_loss"], rel=1e-4)
+        assert (", 1 thread," if threads == "1" else ", 2 threads,") in out.splitlines()[0]
+        results[threads] = json.loads(metrics.read_text())
+    assert results["2"]["train_loss"] == pytest.approx(results["1"]["train_loss"], rel=1e-4)
 
 
-def test_info_lists_backends_threads_and_worker_processes(capsys):
+def test_info_lists_backends_threads_and_mpi(capsys):
     code, out, err = run(capsys, "info")
     assert code == 0, err
     assert "backend numpy" in out and "ok" in out.split("backend numpy")[1].splitlines()[0]
-    line = next(line for line in out.splitlines() if line.startswith("worker processes"))
-    assert ("available (shared memory in" in line) == (os.name == "posix")
+    line = next(line for line in out.splitlines() if line.startswith("MPI "))
+    assert "mpiexec" in line and ("mpi4py " in line or "unavailable" in line)

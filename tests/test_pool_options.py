@@ -334,14 +334,3 @@ def test_to_torch_builds_every_pool_option(rng):
     assert_close(model.backward(dy), xt.grad.numpy(), 1e-12, "backward")
     indices = to_torch(xpcnn.Sequential(xpcnn.MaxPool2d(2, return_indices=True), backend="numpy"))[0]
     assert indices.return_indices
-
-
-def test_worker_processes_take_pool_options_but_not_tuples():
-    from xpcnn import replicas
-    ok = xpcnn.Sequential(xpcnn.MaxPool2d(3, 2, 1, 2, False, True), xpcnn.AdaptiveMaxPool2d((2, None)),
-                          backend="numpy")
-    tuple_out = xpcnn.Sequential(xpcnn.MaxPool2d(2, return_indices=True), backend="numpy")
-    if replicas.why_not(ok) is not None and "POSIX" in replicas.why_not(ok):
-        pytest.skip("worker processes need a POSIX system")
-    assert replicas.why_not(ok) is None
-    assert "returns (output, indices)" in replicas.why_not(tuple_out)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import config, parallel, replicas
+from . import config, parallel
 from .backend import Backend, get_backend
 from .errors import InputValueError
 from .files import atomic_write
@@ -236,22 +236,13 @@ class XpcnnRunner:
             was_tracing = tracemalloc.is_tracing()
             if not was_tracing:
                 tracemalloc.start()
-            workers = self.model.__dict__.get("_replicas")  # worker processes, started by the timed steps
-            if workers is not None and workers.closed:
-                workers = None
-            if workers is not None:
-                workers.trace_memory(True)
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
             self.train_step()
             peak = tracemalloc.get_traced_memory()[1] - base
             if not was_tracing:
                 tracemalloc.stop()
-            method = "tracemalloc peak of new host allocations in 1 step (excl. params)"
-            if workers is not None:
-                peak += sum(workers.trace_memory(False))
-                method += ", summed over this process and its worker processes"
-            return int(peak), method
+            return int(peak), "tracemalloc peak of new host allocations in 1 step (excl. params)"
         return None, "n/a"
 
 
@@ -302,11 +293,11 @@ class TorchRunner:
 
 
 def _cpu_parallel(runner, batch_size: int) -> str | None:
-    """How an xpcnn NumPy train step spread over the CPU: "N processes", "N threads" or "1 thread"."""
+    """How an xpcnn NumPy train step spread over the CPU: "N threads" or "1 thread"."""
     if runner.framework != "xpcnn" or runner.backend.name != "numpy":
         return None
-    procs, n, _ = replicas.cpu_use(runner.model, batch_size)
-    return f"{procs} processes" if procs > 1 else f"{n} thread" + ("s" if n > 1 else "")
+    n = config.get_num_threads() or parallel.blas_threads()
+    return f"{n} thread" + ("s" if n > 1 else "")
 
 
 def _result(runner, model: str, batch_size: int, dtype: str, fwd: list[float], train: list[float]) -> dict:
@@ -371,10 +362,8 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
                   batch_sizes: Sequence[int] = (1, 32, 128, 512), dtype: str = "float32", repeats: int = 5,
                   warmup: int = 1, compare_torch: bool = False, threads: int | None = None,
                   layers: bool = True, layers_model: str | None = None, layers_batch: int | None = None,
-                  seed: int = 0, parallel: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark; return the JSON-able report (see :data:`RESULT_KEYS`). Progress goes to ``log``.
-    ``parallel`` sets ``config.set_parallel_mode`` for the run (NumPy with more than one thread)."""
+                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark; return the JSON-able report (see :data:`RESULT_KEYS`). Progress goes to ``log``."""
     for name in models:
         if name not in MODEL_INPUTS:
             raise InputValueError(f"unknown model {name!r}; valid models are {', '.join(MODEL_INPUTS)}")
@@ -390,9 +379,6 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
 
     with ExitStack() as stack:
         used_threads = limit_threads(stack, threads, log)
-        mode = config.get_parallel_mode()
-        stack.callback(config.set_parallel_mode, mode)
-        config.set_parallel_mode(parallel or mode)
         torch = None
         if compare_torch:
             try:
@@ -406,7 +392,7 @@ def run_benchmark(backends: Sequence[str] = ("numpy", "cupy"), models: Sequence[
         report["config"] = {
             "backends": list(backends), "models": list(models), "batch_sizes": list(batch_sizes), "dtype": dtype,
             "repeats": repeats, "warmup": warmup, "threads": used_threads, "requested_threads": threads,
-            "compare_torch": bool(compare_torch), "seed": seed, "parallel": config.get_parallel_mode(),
+            "compare_torch": bool(compare_torch), "seed": seed,
             "train_step": f"forward + CrossEntropyLoss + backward + SGD(lr={LR}, momentum={MOMENTUM})",
             "forward": "eval mode (BatchNorm running stats, no dropout); torch under no_grad",
             "data": "random normal batch placed on the device before timing",

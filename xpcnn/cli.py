@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # `xpcnn train --workers N` starts it again
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

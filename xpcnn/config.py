@@ -123,24 +123,6 @@ def get_keep_freed_memory() -> bool:
     return _keep_freed_memory
 
 
-_parallel_mode = "threads"
-_PARALLEL_MODES = ("threads", "processes")
-
-
-def set_parallel_mode(mode: str | None) -> None:
-    """How a NumPy model step uses more than one core (``set_num_threads``, else the BLAS thread count):
-    ``"threads"`` (default) splits each op's batch over worker threads (``xpcnn.parallel``); ``"processes"``
-    runs the whole model on a shard of the batch in each of ``n - 1`` worker processes besides this one
-    (``xpcnn.replicas``), for models built from xpcnn's layers, and falls back to threads elsewhere.
-    ``None`` restores "threads"."""
-    global _parallel_mode
-    _parallel_mode = _choice(mode, _PARALLEL_MODES, "parallel mode")
-
-
-def get_parallel_mode() -> str:
-    return _parallel_mode
-
-
 _PLANS = ("auto", "cpu", "gpu")
 PLAN_ENV = "XPCNN_PLAN"  # the environment variable that sets the plan at import
 
@@ -181,20 +163,3 @@ def gpu_plan(a=None) -> bool:
         return False
     from .backend import Backend, on_gpu
     return a.is_gpu if isinstance(a, Backend) else on_gpu(a)
-
-
-def snapshot() -> dict:
-    """The settings a worker process takes from this one before each step (:mod:`xpcnn.replicas`): all but the
-    thread count and the parallel mode (a worker runs its shard on one thread)."""
-    return {"workspace_limit": _workspace_limit, "cache_columns": _cache_columns, "fast_paths": _fast_paths,
-            "conv_algorithm": _conv_algorithm, "keep_freed_memory": _keep_freed_memory, "plan": _plan}
-
-
-def restore(settings: dict) -> None:
-    """Apply a :func:`snapshot`."""
-    set_workspace_limit(settings["workspace_limit"])
-    set_cache_columns(settings["cache_columns"])
-    set_fast_paths(settings["fast_paths"])
-    set_conv_algorithm(settings["conv_algorithm"])
-    set_keep_freed_memory(settings["keep_freed_memory"])
-    set_plan(settings.get("plan"))

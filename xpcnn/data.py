@@ -153,11 +153,15 @@ class DataLoader:
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         self.position = start
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = self._batch_indices(order, b)
             x = self.normalizer.apply(self.dataset.images[idx], self.backend)
             y = self.backend.asarray(self.dataset.labels[idx])
             self.position = b + 1
             yield x, y
+
+    def _batch_indices(self, order: np.ndarray, b: int) -> np.ndarray:
+        """The samples of batch ``b`` (``xpcnn.distributed.ShardedLoader`` keeps this rank's shard of them)."""
+        return order[b * self.batch_size:(b + 1) * self.batch_size]
 
     # -- checkpoints ----------------------------------------------------
     def state_dict(self) -> dict:

@@ -79,6 +79,10 @@ class FlatParameters:
         self.params, self.state = params, state  # state: the optimizer's per-parameter dicts (views into flat)
         self._groups: list[FlatGroup] = []
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) flattens again on first use: the groups hold their namespace."""
+        return dict(self.__dict__, _groups=[])
+
     def groups(self) -> list[FlatGroup]:
         """The groups, flattened again from the parameters' current values where one was replaced (missing
         gradients become zeros)."""

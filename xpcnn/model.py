@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from . import malloc, parallel, replicas
+from . import malloc, parallel
 from .backend import Backend, get_backend
 from .layers.activation import ReLU
 from .layers.module import Module
@@ -67,43 +67,23 @@ class Sequential(Module):
         return a
 
     def forward(self, x):
-        """Run every layer; returns an array of the model's backend.
-
-        On NumPy with more than one worker, the ops split over threads, or (``config.set_parallel_mode(
-        "processes")``) the batch splits over worker processes that each run the whole model
-        (:mod:`xpcnn.replicas`)."""
+        """Run every layer; returns an array of the model's backend (on NumPy with more than one worker thread
+        the ops split over threads, :mod:`xpcnn.parallel`)."""
         x = self._accept(x, "input")
         if self.backend.name == "numpy":
             malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
         self._ctx_ready = False
-        self._split = replicas.plan(self, x.shape[0]) if x.ndim and not self._unbatched(x) else None
-        # CuPy: allocate on the model's GPU, not the current one
-        with self.backend.activate():
-            if self._split is None:
-                y = self._forward_layers(x)
-            else:
-                y = self._split.forward(self, x, lambda shard: self._forward_layers(shard, workers=1))
+        with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
+            y = self._forward_layers(x)
         # the output's shape, for the gradient's check (a last layer may return (y, indices), as PyTorch's pools)
         self._ctx_ready, self._out_shape = True, tuple((y[0] if isinstance(y, tuple) else y).shape)
         return y
 
-    def _unbatched(self, x) -> bool:
-        """Whether ``x`` is one unbatched sample for the first layer that tells batches from samples."""
-        nd = next((m.batched_ndim for m in self.layers if m.batched_ndim is not None), None)
-        return nd is not None and x.ndim == nd - 1
-
-    def _forward_layers(self, x, workers: int | None = None):
-        with parallel.step(self.backend.xp, workers):
+    def _forward_layers(self, x):
+        with parallel.step(self.backend.xp):
             for i in self.run_order():
                 x = self.layers[i].forward(x)
         return x
-
-    def __getstate__(self):
-        """Pickled without its worker processes (a copy starts its own)."""
-        state = super().__getstate__()
-        state.pop("_replicas", None)
-        state["_split"] = None
-        return state
 
     reorder_relu_pool = True  # False: run the layers exactly in the order given
 
@@ -142,20 +122,16 @@ class Sequential(Module):
         if tuple(dy.shape) != self._out_shape:
             raise ValueError(f"Sequential.backward: gradient of shape {tuple(dy.shape)} does not match the output "
                              f"{self._out_shape}")
-        split, self._split = getattr(self, "_split", None), None
         with self.backend.activate():
-            if split is None:
-                dx = self._backward_layers(dy, input_grad)
-            else:
-                dx = split.backward(self, dy, input_grad, lambda shard: self._backward_layers(shard, input_grad, 1))
+            dx = self._backward_layers(dy, input_grad)
         self._ctx_ready = False
         return dx
 
-    def _backward_layers(self, dy, input_grad: bool, workers: int | None = None):
+    def _backward_layers(self, dy, input_grad: bool):
         stop = 0
         if not input_grad:
             stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
-        with parallel.step(self.backend.xp, workers):
+        with parallel.step(self.backend.xp):
             for i in reversed([i for i in self.run_order() if i >= stop]):  # a reordered pair never spans stop
                 layer = self.layers[i]
                 if i == stop and not input_grad:

@@ -57,18 +57,15 @@ def workers() -> int:
 
 
 @contextmanager
-def step(xp, n: int | None = None) -> Iterator[int]:
-    """Run a model step with ``n`` workers on NumPy (see the module docstring); yields the worker count.
-
-    ``n`` overrides the count; ``n=1`` also holds BLAS to one thread (a process replica's own shard, next to
-    the worker processes: :mod:`xpcnn.replicas`). A step inside a step keeps the outer one's setting."""
+def step(xp) -> Iterator[int]:
+    """Run a model step with worker threads on NumPy (see the module docstring); yields the worker count.
+    A step inside a step keeps the outer one's setting."""
     global _workers, _active
     if _active or not is_numpy_namespace(xp) or config.gpu_plan():
         yield _workers
         return
-    forced = n is not None
-    n = n or config.get_num_threads() or blas_threads()
-    libs = _blas_controllers() if n > 1 or forced else []  # one worker, not forced: BLAS as it is
+    n = config.get_num_threads() or blas_threads()
+    libs = _blas_controllers() if n > 1 else []  # one worker: BLAS as it is
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:
         lc.set_num_threads(1)
@@ -143,36 +140,3 @@ def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list
     finally:
         rest = [f.result() for f in futures]  # wait for every shard, even if this one failed
     return [first] + rest
-
-
-_batch_sum: Callable[[Any, int], tuple] | None = None  # set by xpcnn.replicas while the batch is split over processes
-
-
-def batch_sum(v, count: int) -> tuple:
-    """``(v, count)`` summed over every process's shard of the batch: ``v`` a per-channel sum over this process's
-    samples (a NumPy array), ``count`` the values it summed. Batch norm's statistics go through it so that
-    they are the whole batch's when :mod:`xpcnn.replicas` splits the batch; unchanged otherwise."""
-    return (v, count) if _batch_sum is None else _batch_sum(v, count)
-
-
-_shard: tuple[int, int] | None = None  # (first sample, batch size) of this process's shard, set by xpcnn.replicas
-
-
-@contextmanager
-def split(batch_sum: Callable[[Any, int], tuple] | None = None, shard: tuple[int, int] | None = None):
-    """Inside: :func:`batch_sum` and :func:`batch_shard` answer for a batch split over processes (each argument
-    given replaces the current one; :mod:`xpcnn.replicas` sets them around a shard's forward and backward)."""
-    global _batch_sum, _shard
-    saved = _batch_sum, _shard
-    _batch_sum, _shard = batch_sum or _batch_sum, shard or _shard
-    try:
-        yield
-    finally:
-        _batch_sum, _shard = saved
-
-
-def batch_shard(n: int) -> tuple[int, int]:
-    """``(start, total)``: where this process's ``n`` samples sit in the whole batch of ``total`` (``(0, n)`` unless
-    :mod:`xpcnn.replicas` split the batch over processes). Dropout draws the whole batch's mask and keeps its
-    rows, so that the masks do not depend on the split."""
-    return (0, n) if _shard is None else _shard

@@ -6,6 +6,10 @@ a GPU. A non-finite loss stops training with :class:`NonFiniteLossError`
 naming the epoch and step. Ctrl-C (SIGINT) is turned into a clean stop at the
 next step boundary (:class:`TrainingInterrupted`), so the caller can save a
 consistent checkpoint; a second Ctrl-C interrupts at once.
+
+Under MPI (:mod:`xpcnn.distributed`) the ranks agree on stopping with one small allreduce per step, the
+losses and counts read back are summed over the ranks (so every rank sees the global batch's and a NaN
+stops all at the same step), and rank 0 alone draws the progress bar.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import config
+from . import config, distributed
 from .backend import to_numpy
 from .errors import InputValueError
 
@@ -158,7 +162,7 @@ def fit(model, optimizer, loss_fn, train_data, epochs: int = 1, val_data: Iterab
             history.append(record)
             for cb in callbacks:
                 cb(record)
-            if flag.get("stop"):  # Ctrl-C during evaluation or a callback: stop at the epoch boundary
+            if distributed.world().any(flag.get("stop")):  # Ctrl-C in evaluation or a callback: stop here
                 raise TrainingInterrupted(epoch + 1, 0)
     return history
 
@@ -180,15 +184,16 @@ class _Tally:
         self.loss_sum, self.correct, self.seen = float(saved["loss_sum"]), float(saved["correct"]), int(saved["seen"])
         self.earlier = float(saved["seconds"])  # seconds spent on this epoch before the resume
 
-    def drain(self, pending: list, epoch: int, step: int) -> float:
-        """Read back the pending steps (one transfer), add them; return the last step's mean loss."""
-        values, sizes = _read_back(pending, epoch, step)
-        for (loss, correct), b in zip(values.tolist(), sizes):
+    def drain(self, pending: list, epoch: int, step: int, comm=None) -> float:
+        """Read back the pending steps (one transfer; summed over the ranks of ``comm``), add them; return the
+        last step's mean loss."""
+        values = _read_back(pending, epoch, step, comm)
+        for loss, correct, b in values.tolist():
             self.loss_sum += loss
             self.correct += correct
-            self.seen += b
+            self.seen += int(b)
         pending.clear()
-        return values[-1, 0] / sizes[-1]
+        return values[-1, 0] / values[-1, 2]
 
     def state(self, seconds: float) -> dict:
         return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
@@ -204,10 +209,11 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
     model.train()
     total = len(data) if hasattr(data, "__len__") else 0
     first = getattr(data, "position", 0) if getattr(data, "_resume", False) else 0
-    bar = Progress(total, f"epoch {epoch}/{epochs}", progress, initial=first)
+    comm = distributed.world()
+    bar = Progress(total, f"epoch {epoch}/{epochs}", progress if comm.rank == 0 else False, initial=first)
     pending: list = []          # per-step losses not yet read back
     tally = _Tally(saved if first else None)
-    images = 0                  # this call's, for the progress bar's rate
+    earlier_seen = tally.seen   # for the progress bar's rate: this call's images only
     last_loss = None
     backend.synchronize()
     t0 = time.perf_counter()
@@ -222,16 +228,15 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             optimizer.step()
             b = int(y.shape[0])
             pending.append((loss * b, _xp_sum_correct(logits, y), b))
-            images += b
             if len(pending) >= log_every or step == total:
-                last_loss = tally.drain(pending, epoch, step)
-                bar.update(step, images, last_loss)
-            if flag.get("stop"):
+                last_loss = tally.drain(pending, epoch, step, comm)
+                bar.update(step, tally.seen - earlier_seen, last_loss)
+            if comm.any(flag.get("stop")):  # every rank stops after the same step
                 if pending:
-                    tally.drain(pending, epoch, step)
+                    tally.drain(pending, epoch, step, comm)
                 raise TrainingInterrupted(epoch, step, tally.state(time.perf_counter() - t0))
         if pending:
-            tally.drain(pending, epoch, step)
+            tally.drain(pending, epoch, step, comm)
     finally:
         bar.close()
     backend.synchronize()
@@ -242,16 +247,20 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             "seconds": seconds, "images_per_second": tally.seen / max(seconds, 1e-9), "backend": backend.spec}
 
 
-def _read_back(pending: list, epoch: int, step: int) -> tuple[np.ndarray, list[int]]:
-    """The pending per-step (loss x batch, correct) pairs as one host array; raise at the first non-finite loss."""
+def _read_back(pending: list, epoch: int, step: int, comm=None) -> np.ndarray:
+    """The pending steps' (loss x batch, correct, batch) rows as one host float64 array, summed over the ranks of
+    ``comm`` (one transfer, one allreduce); raise at the first non-finite loss."""
     from array_api_compat import array_namespace
 
     xp = array_namespace(pending[0][0])
     values = to_numpy(xp.stack([xp.stack([xp.astype(l, c.dtype) if l.dtype != c.dtype else l, c])
                                 for l, c, _ in pending]))
-    sizes = [b for _, _, b in pending]
+    values = np.concatenate([values.astype(np.float64), [[b] for _, _, b in pending]], axis=1)
+    if comm is not None:
+        comm.allreduce_(values)
+    sizes = values[:, 2]
     bad = np.flatnonzero(~np.isfinite(values[:, 0]))
     if bad.size:
         i = int(bad[0])
         raise NonFiniteLossError(epoch, step - len(pending) + 1 + i, float(values[i, 0] / sizes[i]))
-    return values, sizes
+    return values

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from .. import config, replicas
+from .. import config
 from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
@@ -19,10 +19,6 @@ def add_backend_arguments(parser) -> None:
                         help="CPU threads: BLAS's, and xpcnn's worker threads on NumPy (default 1: fastest for "
                              "these small matrices on a busy machine; 0 keeps the library default); needs "
                              "threadpoolctl")
-    parser.add_argument("--parallel", choices=("processes", "threads"), default="processes",
-                        help="with --threads N > 1 on NumPy: 'processes' (default) runs the batch on N processes, "
-                             "each the whole model on its shard, for models of xpcnn's own layers (else per-op "
-                             "threads); 'threads' splits every op over N threads")
 
 
 def add_data_arguments(parser) -> None:
@@ -72,20 +68,8 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
 
 
 @contextmanager
-def blas_threads(n: int | None, parallel: str | None = None):
-    """Limit BLAS threads (threadpoolctl, optional) and set the parallel mode (``config.set_parallel_mode``)
-    for the duration of a command."""
-    previous = config.get_parallel_mode()
-    config.set_parallel_mode(parallel or previous)
-    try:
-        with _blas_limit(n):
-            yield
-    finally:
-        config.set_parallel_mode(previous)
-
-
-@contextmanager
-def _blas_limit(n: int | None):
+def blas_threads(n: int | None):
+    """Limit BLAS threads (threadpoolctl, optional) for the duration of a command."""
     if n == 0:
         yield
         return
@@ -100,14 +84,15 @@ def _blas_limit(n: int | None):
         yield
 
 
-def describe_parallel(model, batch_size: int) -> str:
-    """How a NumPy training step uses the CPU, for the command's first line (empty on other backends)."""
+def describe_parallel(model, ranks: int = 1) -> str:
+    """How a training step runs, for the command's first line: MPI ranks, and threads per process on NumPy."""
+    from ..parallel import blas_threads as blas_count
+
+    where = f", {ranks} MPI ranks" if ranks > 1 else ""
     if model.backend.name != "numpy":
-        return ""
-    procs, n, why = replicas.cpu_use(model, batch_size)
-    if procs > 1:
-        return f", {procs} worker processes"
-    return ", 1 thread" if n <= 1 else f", {n} threads" + (f" (not processes: {why})" if why else "")
+        return where
+    n = config.get_num_threads() or blas_count()
+    return where + (", 1 thread" if n <= 1 else f", {n} threads") + (" each" if ranks > 1 else "")
 
 
 def fmt(value: Any) -> str:

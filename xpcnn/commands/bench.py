@@ -32,11 +32,9 @@ def add_arguments(parser) -> None:
                         help="also time the same architecture in PyTorch (CPU, and CUDA for GPU backends), interleaved")
     parser.add_argument("--threads", type=positive, default=None,
                         help="BLAS threads for NumPy (threadpoolctl) and torch.set_num_threads (default: as is)")
-    parser.add_argument("--repeats", type=positive, default=5, help="timed runs per measurement; medians reported (default 5)")
+    parser.add_argument("--repeats", type=positive, default=5,
+                        help="timed runs per measurement; medians reported (default 5)")
     parser.add_argument("--warmup", type=non_negative, default=1, help="untimed runs before timing (default 1)")
-    parser.add_argument("--parallel", choices=("processes", "threads"), default="processes",
-                        help="with --threads N > 1 on NumPy: worker processes where the model allows (default), or "
-                             "per-op threads (see xpcnn train --help)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
     parser.add_argument("--layers-model", default=None, help="model of the per-layer breakdown (default: the last model)")
     parser.add_argument("--layers-batch", type=positive, default=None,
@@ -54,7 +52,6 @@ def _command_line(args) -> str:
         parts += ["--compare", args.compare]
     if args.threads is not None:
         parts += ["--threads", str(args.threads)]
-    parts += ["--parallel", args.parallel]
     if args.no_layers:
         parts.append("--no-layers")
     if args.layers_model:
@@ -83,7 +80,7 @@ def run(args) -> int:
         backends=_csv(args.backends), models=models, batch_sizes=batch_sizes, dtype=args.dtype,
         repeats=args.repeats, warmup=args.warmup, compare_torch=args.compare == "torch", threads=args.threads,
         layers=not args.no_layers, layers_model=args.layers_model, layers_batch=args.layers_batch, seed=args.seed,
-        parallel=args.parallel, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     report["command"] = _command_line(args)
     print(format_report(report))
     if args.json:

@@ -23,7 +23,7 @@ def run(args) -> int:
     options = ckpt.meta.get("options", {})
     dataset = args.dataset or options.get("dataset", "digits")
     data_dir = args.data_dir if args.dataset or args.data_dir else options.get("data_dir")
-    with blas_threads(args.threads, args.parallel):
+    with blas_threads(args.threads):
         model, normalizer = model_from_checkpoint(ckpt, args.backend)
         _, test_set = load_data(dataset, data_dir, args.limit)
         loader = DataLoader(test_set, min(args.batch_size, len(test_set)) if args.batch_size > 0 else args.batch_size,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 
-HELP = "show the version, the installed backends, their devices, the BLAS threads and worker process support"
+HELP = "show the version, the installed backends, their devices, the BLAS threads and MPI support"
 
 
 def add_arguments(parser) -> None:
@@ -41,21 +41,25 @@ def describe() -> list[tuple[str, str]]:
                                                             f"({pool.get('filepath', '').split('/')[-1]})"))
     except ImportError:
         rows.append(("BLAS threads", "unknown (pip install threadpoolctl to see them)"))
-    rows.append(("worker processes", _worker_processes()))
+    rows.append(("MPI", _mpi()))
     return rows
 
 
-def _worker_processes() -> str:
-    """Whether ``--parallel processes`` can run here, and where its shared memory goes."""
-    import os
-    import shutil
-    import sys
-    import tempfile
+def _mpi() -> str:
+    """Whether ``mpiexec -n N xpcnn train`` / ``--workers N`` can run here (without starting MPI)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    if os.name != "posix" or not sys.executable:
-        return "unavailable (they need a POSIX system); --threads N uses per-op threads"
-    where = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    return f"available (shared memory in {where}, {shutil.disk_usage(where).free / 2 ** 20:,.0f} MiB free)"
+    from ..distributed import MPIUnavailable, find_mpiexec
+
+    try:
+        where = find_mpiexec()
+    except MPIUnavailable as e:
+        return f"unavailable: {e}"
+    try:
+        mpi4py = version("mpi4py")
+    except PackageNotFoundError:
+        mpi4py = "?"
+    return f"mpi4py {mpi4py}, {where} (xpcnn train --workers N)"
 
 
 def run(args) -> int:

@@ -67,7 +67,7 @@ def _read_npy(path: str, channels: int, size: int) -> np.ndarray:
 
 def run(args) -> int:
     ckpt = Checkpoint(args.checkpoint)
-    with blas_threads(args.threads, args.parallel):
+    with blas_threads(args.threads):
         model, normalizer = model_from_checkpoint(ckpt, args.backend)
         margs = ckpt.meta["model_args"]
         x = load_input(args.input, margs["in_channels"], margs["image_size"], normalizer.scale)

@@ -3,6 +3,8 @@
 With no arguments it trains ``digits-cnn`` on the bundled 8x8 digits and reports
 the test accuracy. ``--resume PATH`` restores the saved options (explicit ones
 win), weights, optimizer and RNG state, and continues exactly where it stopped.
+Under ``mpiexec -n N`` (or with ``--workers N``) it trains data-parallel on N ranks
+(:mod:`xpcnn.distributed`): every rank loads, rank 0 alone prints and writes files.
 """
 from __future__ import annotations
 
@@ -10,19 +12,21 @@ import argparse
 import io
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
-from .. import optim
+from .. import distributed, optim
 from ..checkpoint import TRAIN_KEYS, Checkpoint, save_checkpoint
 from ..cli import CLIError
 from ..data import DataLoader, Normalizer
+from ..distributed import DistributedOptimizer, ShardedLoader
 from ..layers import CrossEntropyLoss
 from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
 from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
                       make_model)
-from ..errors import InputValueError
+from ..errors import InputError, InputValueError
 from ._types import non_negative, positive, real, seed
 from ..files import append_line, atomic_write, output_locks
 
@@ -59,6 +63,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics", metavar="FILE", help="append one JSON object per epoch to FILE")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of the loss and accuracy curves (matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    parser.add_argument("--workers", type=positive, default=None, metavar="N",
+                        help="train data-parallel on N MPI ranks: starts `mpiexec -n N` itself (needs .[mpi]); "
+                             "the same as `mpiexec -n N xpcnn train ...`")
 
 
 def resolve_options(args, saved: dict | None, source: str = "checkpoint") -> dict:
@@ -140,6 +147,27 @@ def write_plot(path: str, history: list[dict]) -> None:
 
 
 def run(args) -> int:
+    if args.workers is not None:
+        return _launch(args)
+    comm = distributed.world()
+    if comm.size == 1:
+        return _prepare(args, comm)
+    try:
+        code = _prepare(args, comm)
+        comm.barrier()  # rank 0 may still be saving: leave together
+        return code
+    except BaseException as e:  # one rank failing must not leave the others waiting in a collective
+        if isinstance(e, (InputError, OSError)) or not isinstance(e, Exception):
+            print(f"xpcnn train (rank {comm.rank} of {comm.size}): error: {e}", file=sys.stderr, flush=True)
+        else:
+            import traceback
+            traceback.print_exc()
+        comm.abort(2 if isinstance(e, (InputError, OSError)) else 1)
+        raise
+
+
+def _prepare(args, comm) -> int:
+    """Read the resumed checkpoint and the options, hold the output locks (rank 0: it alone writes), train."""
     ckpt = Checkpoint(args.resume) if args.resume else None
     saved = ckpt.meta.get("options") if ckpt else None
     if ckpt is not None and not isinstance(saved, dict):
@@ -147,19 +175,44 @@ def run(args) -> int:
     if ckpt is not None:
         ckpt.require(*TRAIN_KEYS)
     o = resolve_options(args, saved, args.resume)
-    with output_locks(args.checkpoint, args.metrics, args.plot), blas_threads(o["threads"], args.parallel):
+    locks = output_locks(args.checkpoint, args.metrics, args.plot) if comm.rank == 0 else nullcontext()
+    with locks, blas_threads(o["threads"]):
         _check_plot_available(args.plot)
         return _train(args, ckpt, o)
 
 
+def _rank_backend(backend: str, comm) -> str:
+    """One GPU per rank: a plain ``cupy`` becomes ``cupy:LOCAL_RANK`` on several ranks."""
+    return f"cupy:{distributed.local_rank()}" if backend == "cupy" and comm.size > 1 else backend
+
+
+def _launch(args) -> int:
+    """``--workers N``: this command again under ``mpiexec -n N`` (without ``--workers``)."""
+    if distributed.launched():
+        raise CLIError("--workers N starts mpiexec itself: under mpiexec, leave it out")
+    argv, rest = list(args._argv), []
+    while argv:
+        a = argv.pop(0)
+        if a == "--workers":
+            argv.pop(0)
+        elif not a.startswith("--workers="):
+            rest.append(a)
+    module = ["xpcnn.cli"] + rest
+    distributed.find_mpiexec()  # no MPI: one clear line before anything starts
+    print(f"xpcnn train: starting {args.workers} MPI ranks: mpiexec -n {args.workers} python -m {' '.join(module)}",
+          flush=True)
+    return distributed.launch(args.workers, module)[1]
+
+
 def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
     train_set, test_set = load_data(o["dataset"], o["data_dir"], o["limit"])
-    model, model_args = make_model(o["model"], o["dataset"], train_set.shape, train_set.num_classes, o["backend"],
-                                   o["dtype"], o["seed"])
+    comm = distributed.world()
+    model, model_args = make_model(o["model"], o["dataset"], train_set.shape, train_set.num_classes,
+                                   _rank_backend(o["backend"], comm), o["dtype"], o["seed"])
     o["model"] = model.architecture
     normalizer = Normalizer.from_dict(ckpt.meta["normalizer"]) if ckpt else Normalizer.fit(train_set)
-    train_loader = DataLoader(train_set, o["batch_size"], shuffle=True, seed=o["seed"], backend=model.backend,
-                              normalizer=normalizer)
+    train_loader = ShardedLoader(train_set, o["batch_size"], shuffle=True, seed=o["seed"], backend=model.backend,
+                                 normalizer=normalizer, comm=comm)  # this rank's shard of every global batch
     test_loader = DataLoader(test_set, min(256, len(test_set)), backend=model.backend, normalizer=normalizer)
     opt = make_optimizer(o["optimizer"], model.parameters(), o["lr"], o["weight_decay"])
     history: list[dict] = []
@@ -175,10 +228,11 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
                   f"cosine over {o['epochs']} from epoch {start + 1} on (the same bits as one run only with the "
                   f"same --epochs)", file=sys.stderr)
     loss_fn = CrossEntropyLoss()
-    say = (lambda *a: None) if args.quiet else print
+    root = comm.rank == 0  # writes the files and prints
+    say = print if root and not args.quiet else (lambda *a: None)
     say(f"training {o['model']} ({model.num_parameters():,} parameters) on {o['dataset']} "
         f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}"
-        f"{describe_parallel(model, o['batch_size'])}, "
+        f"{describe_parallel(model, comm.size)}, "
         f"{o['optimizer']} lr {o['lr']:g}" + (f", resuming after epoch {start}" if ckpt else ""))
 
     def meta() -> dict:
@@ -187,7 +241,7 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
                 "history": history}
 
     def save(epoch: int, tally: dict | None = None) -> None:
-        if args.checkpoint:
+        if args.checkpoint and root:
             extra = {"epoch_tally": tally} if tally is not None else {}
             save_checkpoint(args.checkpoint, model, opt, epoch=epoch, loader=train_loader, metadata=meta() | extra)
 
@@ -197,14 +251,14 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
             f"acc {record['train_accuracy']:.4f} | test loss {record['test_loss']:.4f} "
             f"acc {record['test_accuracy']:.4f} | {record['seconds']:.1f}s, "
             f"{record['images_per_second']:,.0f} img/s")
-        if args.metrics:
+        if args.metrics and root:
             append_line(args.metrics, json.dumps(record))
         save(record["epoch"])
 
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported once, below
-            fit(model, opt, loss_fn, train_loader, epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch],
-                initial_epoch=start, progress=False if args.quiet else None,
+            fit(model, DistributedOptimizer(opt, comm) if comm.size > 1 else opt, loss_fn, train_loader,
+                epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch], initial_epoch=start, progress=False if args.quiet else None,
                 lr_schedule=cosine_schedule(o["lr"], o["epochs"]),
                 initial_tally=ckpt.meta.get("epoch_tally") if ckpt is not None else None)
     except NonFiniteLossError as e:
@@ -214,8 +268,12 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
             kept = f"{args.checkpoint} still holds epoch {history[-1]['epoch']}"
         else:
             kept = f"no epoch finished, {args.checkpoint} not written"
-        raise CLIError(f"{e}; {kept}") from None
+        if root:  # every rank stopped at the same step; rank 0 says why
+            print(f"xpcnn train: error: {e}; {kept}", file=sys.stderr)
+        return 2
     except TrainingInterrupted as e:
+        if not root:
+            return 130
         if args.checkpoint:
             save(e.epoch - 1, e.tally)
             print(f"xpcnn train: {e}; saved {args.checkpoint} (continue with --resume {args.checkpoint})",
@@ -223,6 +281,8 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
         else:
             print(f"xpcnn train: {e}; nothing saved (no --checkpoint)", file=sys.stderr)
         return 130
+    if not root:
+        return 0
     if args.plot and history:
         write_plot(args.plot, history)
     final = history[-1] if history else {"test_accuracy": evaluate(model, loss_fn, test_loader)["accuracy"]}

@@ -15,7 +15,7 @@ import math
 
 from array_api_compat import array_namespace, device
 
-from .. import kernels, parallel
+from .. import distributed, kernels
 from ._util import rows_sum
 
 
@@ -57,10 +57,10 @@ def _tile(xp, v, g: int):
 def _center(xp, m, g: int, c: int, count: int):
     """Batch statistics of grouped rows: ``(mean (C,), var (C,), centered, count)``, the variance of the centred
     values (numerically safe), three passes over ``m``. Sums and ``count`` are the whole batch's, over every
-    process's shard where :mod:`xpcnn.replicas` split it (``parallel.batch_sum``)."""
+    rank's shard of a global batch under MPI (``distributed.batch_sum``)."""
     def mean_of(total):  # this shard's (C,) sums -> the whole batch's mean
         nonlocal count
-        total, count = parallel.batch_sum(total, count)
+        total, count = distributed.batch_sum(total, count)
         return total / count
     fast = kernels.get("bn_center", xp)
     if fast is not None:
@@ -70,7 +70,7 @@ def _center(xp, m, g: int, c: int, count: int):
         mean = mean_of(_channel_sum(xp, m, g, c))
         centered = m - _tile(xp, mean, g)
         sumsq = _channel_sum(xp, centered * centered, g, c)
-    sumsq, _ = parallel.batch_sum(sumsq, count)
+    sumsq, _ = distributed.batch_sum(sumsq, count)
     return mean, sumsq / count, centered, count
 
 
@@ -105,14 +105,15 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     c = x.shape[1]
     count = math.prod(x.shape) // c
     if training:
-        if count == 1:  # as PyTorch: an empty batch is fine, one value per channel is not
-            raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
-        if count == 0:
+        if count == 0:  # as PyTorch: an empty batch is fine (one value per channel is not, below)
             inv_std = xp.ones((c,), dtype=x.dtype, device=device(x))
             scale = inv_std if weight is None else weight * inv_std
             y = _affine(xp, m, scale, bias, g)
             return _unrows(xp, y, x.shape), running_mean, running_var, (m, inv_std, weight, False)
-        mean, var, centered, count = _center(xp, m, g, c, count)
+        mean, var, centered, count = _center(xp, m, g, c, count)  # count: the global batch's (under MPI)
+        if count < 2:
+            raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape "
+                             f"{tuple(x.shape)}")
         if running_mean is not None:
             running_mean = (1 - momentum) * running_mean + momentum * mean
             running_var = (1 - momentum) * running_var + momentum * (var * (count / (count - 1)))
@@ -141,10 +142,10 @@ def batch_norm_backward(dy, ctx):
         dbias, dc = (_fold(xp, v, g, c) for v in fast(d, centered))
     else:
         dbias, dc = _channel_sum(xp, d, g, c), _channel_sum(xp, d * centered, g, c)  # sum(dy * xhat) = inv_std * dc
-    dweight = dc * inv_std  # this shard's part (xpcnn.replicas adds the shards' parameter gradients)
+    dweight = dc * inv_std  # this shard's part (the gradient allreduce adds the ranks' parts)
     scale = inv_std if weight is None else weight * inv_std
     if training:
-        sums, count = parallel.batch_sum(xp.concat([dbias, dc]), count)  # the whole batch's, for dx
+        sums, count = distributed.batch_sum(xp.concat([dbias, dc]), count, gradient=True)  # the global batch's
         k_c = scale * inv_std * (sums[c:] * inv_std) / count
         dx = _input_grad(xp, d, centered, scale, k_c, sums[:c] / count * scale, g)
     else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 
-from .. import functional as F, parallel
+from .. import distributed, functional as F
 from .module import Module
 
 
@@ -108,10 +108,10 @@ class Dropout(Module):
             self._ctx = None
             return x
         n = x.shape[0] if x.ndim else 1
-        start, total = parallel.batch_shard(n)
+        start, total = distributed.batch_rows(n)
         if total == n:
             draws = self.source()(tuple(x.shape))
-        else:  # this process's rows of the whole batch's mask (xpcnn.replicas)
+        else:  # this rank's rows of the global batch's mask (xpcnn.distributed)
             draws = self.source()((total,) + tuple(x.shape[1:]))[start:start + n, ...]
         self._ctx = keep = draws >= self.p
         return F.dropout(x, self.p, keep)

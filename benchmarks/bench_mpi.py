@@ -1,0 +1,186 @@
+"""Data-parallel training step: xpcnn on 1 and N MPI ranks beside PyTorch (1 process, and DDP with gloo on N).
+
+    python benchmarks/bench_mpi.py                                   # lenet + vgg-small, global batch 128, 2 ranks
+    python benchmarks/bench_mpi.py --models lenet --ranks 2 --rounds 5 --reps 30
+
+A step is forward, CrossEntropyLoss, backward and SGD(momentum=0.9), float32, one BLAS thread per process, on the
+same weights and random data. The global batch is split as ``xpcnn.distributed`` splits it (contiguous shards);
+on N ranks each step includes the gradient allreduce (one flat buffer, ``DistributedOptimizer``) and, in vgg-small,
+batch norm's synchronised statistics; the allreduce is also timed on its own ("allreduce_ms", rank 0, after a
+barrier: the wait for the slower rank's backward is "wait_ms"). Every rank waits at a barrier before each step
+and the step time is rank 0's. Each configuration runs in fresh processes;
+the configurations alternate for ``--rounds`` rounds and we report the median of the per-round medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_cpu import SHAPES, have_torch, make_xpcnn  # noqa: E402
+
+GLOBAL_BATCH = 128
+WARMUP = 3
+
+
+def _data(name: str):
+    return make_xpcnn(name, GLOBAL_BATCH)  # model, (unused) step, host data of the global batch
+
+
+def xpcnn_child(name: str, reps: int) -> None:
+    """One rank (or the only process): time ``reps`` steps on this rank's shard; rank 0 prints JSON."""
+    import xpcnn
+    from xpcnn import distributed, malloc
+    comm = distributed.world()
+    model, _, (x, labels) = _data(name)
+    a, b = distributed.shard_range(GLOBAL_BATCH, comm.rank, comm.size)
+    x, labels = x[a:b], labels[a:b]
+    opt = distributed.DistributedOptimizer(xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), comm)
+    loss_fn = xpcnn.CrossEntropyLoss()
+    shard = distributed.Shard(a, b, GLOBAL_BATCH, comm)
+    malloc.keep_freed_memory()
+    steps, reduces, waits = [], [], []
+    for i in range(WARMUP + reps):
+        comm.barrier()
+        t0 = time.perf_counter()
+        with distributed.sharded_batch(shard):
+            opt.zero_grad()
+            loss_fn(model(x), labels)
+            model.backward(loss_fn.backward(), input_grad=False)
+            t1 = time.perf_counter()
+            comm.barrier()  # the wait for the slower rank is not the allreduce's cost (timed apart: "wait_ms")
+            t15 = time.perf_counter()
+            opt.allreduce_gradients()
+            t2 = time.perf_counter()
+            opt.optimizer.step()
+        t3 = time.perf_counter()
+        if i >= WARMUP:
+            steps.append(t3 - t0)
+            reduces.append(t2 - t15)
+            waits.append(t15 - t1)
+    if comm.rank == 0:
+        print(json.dumps({"step": steps, "allreduce": reduces, "wait": waits}))
+
+
+def torch_child(name: str, reps: int, rank: int, size: int) -> None:
+    """PyTorch on this process's shard, DistributedDataParallel (gloo) when ``size > 1``; rank 0 prints JSON."""
+    import torch
+    import torch.distributed as dist
+    from xpcnn.torch_compat import to_torch
+    torch.set_num_threads(1)
+    model, _, (x, labels) = _data(name)
+    a, b = (rank * GLOBAL_BATCH // size, (rank + 1) * GLOBAL_BATCH // size)
+    net = to_torch(model)
+    net.train()
+    if size > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=size)
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    xt, yt = torch.from_numpy(x[a:b]), torch.from_numpy(labels[a:b])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps = []
+    for i in range(WARMUP + reps):
+        if size > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(net(xt), yt).backward()
+        opt.step()
+        if i >= WARMUP:
+            steps.append(time.perf_counter() - t0)
+    if rank == 0:
+        print(json.dumps({"step": steps}))
+    if size > 1:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config(kind: str, name: str, ranks: int, reps: int) -> dict:
+    """Run one configuration in fresh processes; rank 0's step times."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    me = [sys.executable, __file__]
+    if kind == "xpcnn":
+        from xpcnn.distributed import find_mpiexec
+        cmd = me + ["--xpcnn-child", name, "--reps", str(reps)]
+        cmd = cmd if ranks == 1 else [find_mpiexec(), "-n", str(ranks)] + cmd
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    else:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        procs = [subprocess.Popen(me + ["--torch-child", name, "--reps", str(reps), "--rank", str(r),
+                                        "--size", str(ranks)], stdout=subprocess.PIPE, text=True, env=env)
+                 for r in range(ranks)]
+        out = [p.communicate()[0] for p in procs][0]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"torch child failed: {[p.returncode for p in procs]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="lenet,vgg-small")
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--xpcnn-child", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--torch-child", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--json", metavar="FILE")
+    a = ap.parse_args(argv)
+    if a.xpcnn_child:
+        return xpcnn_child(a.xpcnn_child, a.reps)
+    if a.torch_child:
+        return torch_child(a.torch_child, a.reps, a.rank, a.size)
+    configs = [("xpcnn", 1), ("xpcnn", a.ranks)]
+    if have_torch():
+        configs += [("torch", 1), ("torch", a.ranks)]
+    print(f"# nproc {os.cpu_count()}, global batch {GLOBAL_BATCH}, reps {a.reps}, rounds {a.rounds}, "
+          f"1 BLAS thread per process; medians of per-round medians (ms)", flush=True)
+    rows = []
+    for name in a.models.split(","):
+        assert name in SHAPES, name
+        per = {c: {"step": [], "allreduce": [], "wait": []} for c in configs}
+        for _ in range(a.rounds):
+            for c in configs:
+                r = run_config(c[0], name, c[1], a.reps)
+                per[c]["step"].append(statistics.median(r["step"]))
+                for key in ("allreduce", "wait"):
+                    if key in r:
+                        per[c][key].append(statistics.median(r[key]))
+        for (kind, ranks), v in per.items():
+            row = {"model": name, "framework": kind, "ranks": ranks,
+                   "step_ms": 1e3 * statistics.median(v["step"]),
+                   "rounds_ms": [round(1e3 * t, 2) for t in v["step"]]}
+            if v["allreduce"] and ranks > 1:
+                row["allreduce_ms"] = 1e3 * statistics.median(v["allreduce"])
+                row["allreduce_share"] = row["allreduce_ms"] / row["step_ms"]
+                row["wait_ms"] = 1e3 * statistics.median(v["wait"])
+            rows.append(row)
+        base = {(r["framework"], r["ranks"]): r["step_ms"] for r in rows if r["model"] == name}
+        for r in rows:
+            if r["model"] == name:
+                r["speedup_vs_1"] = base[(r["framework"], 1)] / r["step_ms"]
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+        if ("torch", a.ranks) in base:
+            print(f"# {name}: xpcnn {a.ranks} ranks / torch DDP {a.ranks}: "
+                  f"{base[('xpcnn', a.ranks)] / base[('torch', a.ranks)]:.2f}x the time", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rows": rows, "nproc": os.cpu_count(), "argv": sys.argv}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
