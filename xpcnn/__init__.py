@@ -3,11 +3,11 @@ from . import config, functional, optim
 from .backend import Backend, available_backends, get_backend, to_numpy
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout,
                      Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
-                     Sigmoid, Tanh)
+                     Residual, Sigmoid, Tanh, ZeroPadShortcut)
 from .config import set_workspace_limit
 from .model import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataLoader, Dataset, Normalizer
+from .data import Augment, DataLoader, Dataset, Normalizer
 from .datasets import load_cifar10, load_dataset, load_digits, load_h5, load_idx_dataset
 from .models import build_model
 from .train import evaluate, fit
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
            "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",
-           "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
-           "optim", "set_workspace_limit", "to_numpy", "__version__",
-           "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
+           "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
+           "optim", "set_workspace_limit", "to_numpy", "ZeroPadShortcut", "__version__",
+           "Augment", "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
            "load_dataset", "load_digits", "load_h5", "load_idx_dataset", "save_checkpoint"]

@@ -160,7 +160,7 @@ class Sequential(Module):
         return None if not input_grad else dy
 
     def extra_repr(self) -> str:
-        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers))
         return f"{inner}\n  backend={self.backend.spec!r}, dtype={self.dtype!r}\n" if self.backend else inner
 
     def __repr__(self) -> str:

@@ -78,7 +78,7 @@ def _spin_time(processes: int) -> float:
 def why_not(model) -> str | None:
     """Why ``model`` cannot run its batch on worker processes, or None where it can."""
     from .layers import (AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear, MaxPool2d,
-                         ReLU, Sigmoid, Tanh)
+                         ReLU, Residual, Sigmoid, Tanh, ZeroPadShortcut)
     from .layers.norm import _BatchNorm
     from .model import Sequential
 
@@ -90,7 +90,7 @@ def why_not(model) -> str | None:
     # its statistics over the processes (parallel.batch_sum); dropout draws the whole batch's mask in every
     # process from the same generator state and keeps its rows (parallel.batch_shard)
     supported = (Sequential, Conv2d, Linear, Flatten, ReLU, Sigmoid, Tanh, LeakyReLU, MaxPool2d, AvgPool2d,
-                 AdaptiveAvgPool2d, _BatchNorm, Dropout)
+                 AdaptiveAvgPool2d, _BatchNorm, Dropout, Residual, ZeroPadShortcut)
     for m in model.modules():
         if not isinstance(m, supported):
             return f"{m.label()} is not known to treat the samples of a batch independently"
