@@ -119,7 +119,8 @@ class Augment:
     ``crop=p`` zero-pads each raw image by ``p`` on every side and takes a random window of its own size (as
     torchvision's ``RandomCrop(size, padding=p)``: raw zeros, before normalisation); ``flip`` mirrors half the
     images left-right (``RandomHorizontalFlip``; wrong for digits). Applied by :class:`DataLoader` on the host,
-    vectorised over the batch (one gather, no per-image loop).
+    vectorised over the batch: one gather from a window view of the padded batch (a per-image loop of slices was
+    slower, and a gather of single pixels slower still: ``benchmarks/RESULTS.md``).
     """
 
     crop: int = 0
@@ -140,18 +141,18 @@ class Augment:
 
     def apply(self, images: np.ndarray, params: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         """``images`` ``(B, C, H, W)`` cropped and flipped by ``params`` (what :meth:`draw` gave for them)."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
         top, left, flipped = params
         p = self.crop
         b, c, h, w = images.shape
-        if p:
-            padded = np.zeros((b, c, h + 2 * p, w + 2 * p), images.dtype)
-            padded[:, :, p:p + h, p:p + w] = images
-        else:
-            padded = images
-        rows = top[:, None] + np.arange(h)                              # (B, H) source rows
-        cols = np.where(flipped[:, None], w - 1 - np.arange(w), np.arange(w)) + left[:, None]  # (B, W)
-        return padded[np.arange(b)[:, None, None, None], np.arange(c)[None, :, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
+        padded = np.zeros((b, c, h + 2 * p, w + 2 * p), images.dtype)
+        padded[:, :, p:p + h, p:p + w] = images
+        windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # (B, C, 2p + 1, 2p + 1, H, W), a view
+        out = windows[np.arange(b), :, top, left]                    # one gather of every image's window
+        if flipped.any():
+            out[flipped] = out[flipped][..., ::-1]
+        return out
 
 
 class DataLoader:
