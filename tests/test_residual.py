@@ -66,10 +66,8 @@ def test_residual_is_body_plus_shortcut_with_numerical_gradients(env, rng, short
     y = env.get(model.forward(env.put(x)))
     # the branches alone, on the same input (batch statistics: the same in train mode)
     xb = env.put(x)
-    body = env.get(res.body._forward_layers(xb))
-    short = env.ref_input(x) if res.shortcut is None else env.get(res.shortcut._forward_layers(xb)
-                                                                  if isinstance(res.shortcut, Sequential)
-                                                                  else res.shortcut.forward(xb))
+    body = env.get(res.body.forward(xb))
+    short = env.ref_input(x) if res.shortcut is None else env.get(res.shortcut.forward(xb))
     assert_close(y, np.maximum(body + short, 0), env.tol, "forward")
     if env.dtype_name != "float64":
         return  # numerical gradients need float64
@@ -125,6 +123,20 @@ def test_names_state_dict_train_eval_and_summary():
     assert "(shortcut): Sequential(" in text and text.count("backend=") == 1
     assert "ZeroPadShortcut(2, 4, stride=2)" in repr(block())
     assert model.num_parameters() == sum(int(np.prod(p.shape)) for p in model.parameters()) > 0
+
+
+def test_a_sequential_nests_as_a_layer(rng):
+    inner = Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU())
+    model = Sequential(inner, xpcnn.Flatten(), xpcnn.Linear(12, 2), dtype="float64", seed=1)
+    flat = Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU(), xpcnn.Flatten(), xpcnn.Linear(12, 2),
+                      dtype="float64")
+    assert list(model.state_dict())[:2] == ["0.0.weight", "0.0.bias"] and inner.path == "0"
+    flat.load_state_dict({k[2:] if k.startswith("0.") else str(int(k[0]) + 2) + k[1:]: v
+                          for k, v in model.state_dict().items()})
+    x, dy = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((3, 2))
+    np.testing.assert_allclose(model.forward(x), flat.forward(x), rtol=1e-13)
+    np.testing.assert_allclose(model.backward(dy), flat.backward(dy), rtol=1e-13)
+    assert "backend=" not in repr(inner) and repr(model).count("backend=") == 1
 
 
 def test_caches_are_freed_and_copies_pickle(np_env, rng):

@@ -10,21 +10,9 @@ from ..functional._util import empty_nchw
 from .module import Module, check_positive_int
 
 
-def _is_sequential(m) -> bool:
-    from ..model import Sequential  # model imports the layers: import here, not at the top
-    return isinstance(m, Sequential)
-
-
-def _forward(m, x):
-    """A nested Sequential runs its layers only: moving inputs and worker processes belong to the model."""
-    return m._forward_layers(x) if _is_sequential(m) else m.forward(x)
-
-
 def _backward(m, dy):
-    if _is_sequential(m):
-        return m._backward_layers(dy, True)
     dx = m.backward(dy)
-    m.clear_cache()
+    m.clear_cache()  # a nested Sequential has freed its layers' already
     return dx
 
 
@@ -48,8 +36,8 @@ class Residual(Module):
 
     def forward(self, x):
         self.check_input(x)
-        y = _forward(self.body, x)
-        s = x if self.shortcut is None else _forward(self.shortcut, x)
+        y = self.body.forward(x)
+        s = x if self.shortcut is None else self.shortcut.forward(x)
         if tuple(y.shape) != tuple(s.shape):
             raise ValueError(f"{self.label()}: the body gives shape {tuple(y.shape)} but the shortcut "
                              f"{tuple(s.shape)}; use a shortcut that changes the shape as the body does")
@@ -73,7 +61,7 @@ class Residual(Module):
                 m.clear_cache()
 
     def __repr__(self) -> str:
-        inner = "".join(f"\n  ({name}): {_indent(_summary(m))}" for name, m in self.children())
+        inner = "".join(f"\n  ({name}): {_indent(repr(m))}" for name, m in self.children())
         return f"Residual({inner}\n)"
 
 
@@ -125,13 +113,6 @@ def zero_pad_shortcut_backward(dy, ctx):
     dx = empty_nchw(xp, (n, c, h, w), dy.dtype, device(dy), 0)
     dx[:, :, ::stride, ::stride] = dy[:, before:before + c, :, :]
     return dx
-
-
-def _summary(m) -> str:
-    """A child's repr; a nested Sequential's without the backend line (the model's holds it)."""
-    if not _is_sequential(m):
-        return repr(m)
-    return "Sequential(" + "".join(f"\n  ({i}): {_indent(_summary(layer))}" for i, layer in enumerate(m)) + "\n)"
 
 
 def _indent(text: str) -> str:
