@@ -137,6 +137,9 @@ def test_train_command_augments_training_batches_only(tmp_path, capsys):
     # the reported test accuracy is that of the plain test images: `xpcnn evaluate` (no augmentation) agrees
     assert main(["evaluate", "--checkpoint", str(ck), "--limit", "160"]) == 0
     assert f"{final:.4f}" in capsys.readouterr().out
+    assert main(["train", "--resume", str(ck), "--epochs", "3", "--checkpoint", str(ck), "--quiet"]) == 0
+    assert xpcnn.load_checkpoint(ck).meta["loader"]["augment"]["crop"] == 1  # --resume keeps --augment
+    capsys.readouterr()
     assert main(["train", "--epochs", "1", "--limit", "160", "--quiet"]) == 0  # digits: off by default
     assert "augment" not in capsys.readouterr().out
 

@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
            "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",
-           "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
-           "optim", "set_workspace_limit", "to_numpy", "ZeroPadShortcut", "__version__",
-           "Augment", "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
+           "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "available_backends", "functional", "get_backend",
+           "optim", "set_workspace_limit", "to_numpy", "__version__",
+           "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
            "load_dataset", "load_digits", "load_h5", "load_idx_dataset", "save_checkpoint"]
+__all__ += ["Augment", "Residual", "ZeroPadShortcut"]

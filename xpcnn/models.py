@@ -108,8 +108,7 @@ MODELS: dict[str, Callable[..., list]] = {
     "resnet32": _resnet(32),
     "resnet56": _resnet(56),
 }
-INITS: dict[str, Callable[[Sequential], None]] = {name: kaiming_normal for name in ("resnet20", "resnet32",
-                                                                                     "resnet56")}
+INITS: dict[str, Callable[[Sequential], None]] = dict.fromkeys(("resnet20", "resnet32", "resnet56"), kaiming_normal)
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> Sequential:
