@@ -45,7 +45,7 @@ import time
 
 import numpy as np
 
-SHAPES = {"lenet": (1, 28), "vgg-small": (3, 32)}
+SHAPES = {"lenet": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32)}
 
 
 def make_xpcnn(name: str, batch: int, seed: int = 0, backend: str = "numpy"):
@@ -236,7 +236,7 @@ def bench_memory(models, batch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--models", nargs="+", default=["lenet", "vgg-small"], choices=list(SHAPES))
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)

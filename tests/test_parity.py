@@ -83,6 +83,15 @@ def test_full_training_step_layer_by_layer(other, dtype, model):
     assert any(r.what == "buffer" for r in report.rows) == (model != "lenet")
 
 
+@pytest.mark.parametrize("other", OTHER)
+def test_resnet20_training_step_layer_by_layer(other):
+    """Residual blocks nested in the model, compared block by block (float32 only: a few seconds)."""
+    report = parity.compare_models(("numpy", other), "resnet20", "float32", batch_size=2, steps=1)
+    _check(report, "float32")
+    assert sum(r.what == "forward" and "Residual" in r.name for r in report.rows) == 9
+    assert any(r.what == "grad_param" and r.name == "19.body.3.weight" for r in report.rows)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("other", OTHER)
 def test_fifty_training_steps_of_a_small_cnn(other, dtype):

@@ -4,7 +4,9 @@ A :class:`Dataset` holds raw host images ``(N, C, H, W)`` (usually uint8) and
 integer labels, checked when it is built. A :class:`DataLoader` shuffles with
 its own seeded NumPy generator, moves each batch to the model's device once
 (raw dtype, so a GPU receives uint8, four times less than float32) and
-normalises it there. Its ``state_dict()`` records where the shuffle stands, so
+normalises it there. :class:`Augment` (random crops of a zero-padded image,
+horizontal flips) runs on the host, per batch, before that move. Its
+``state_dict()`` records where the shuffle and the augmentation stand, so
 training can resume exactly, even in the middle of an epoch.
 """
 from __future__ import annotations
@@ -110,15 +112,62 @@ class Normalizer:
         return cache[1], cache[2]
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Random crops and flips of training batches, drawn per image: ``Augment(crop=4, flip=True)``.
+
+    ``crop=p`` zero-pads each raw image by ``p`` on every side and takes a random window of its own size (as
+    torchvision's ``RandomCrop(size, padding=p)``: raw zeros, before normalisation); ``flip`` mirrors half the
+    images left-right (``RandomHorizontalFlip``; wrong for digits). Applied by :class:`DataLoader` on the host,
+    vectorised over the batch: one gather from a window view of the padded batch (a per-image loop of slices was
+    slower, and a gather of single pixels slower still: ``benchmarks/RESULTS.md``).
+    """
+
+    crop: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.crop, bool) or not isinstance(self.crop, (int, np.integer)) or self.crop < 0:
+            raise InputValueError(f"Augment: crop must be an int >= 0 (pixels of padding), got {self.crop!r}")
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise InputTypeError(f"Augment: flip must be True or False, got {self.flip!r}")
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-image ``(top, left, flipped)`` for ``n`` images: offsets in ``[0, 2 * crop]``."""
+        top = rng.integers(0, 2 * self.crop + 1, n) if self.crop else np.zeros(n, np.int64)
+        left = rng.integers(0, 2 * self.crop + 1, n) if self.crop else np.zeros(n, np.int64)
+        flipped = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+        return top, left, flipped
+
+    def apply(self, images: np.ndarray, params: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """``images`` ``(B, C, H, W)`` cropped and flipped by ``params`` (what :meth:`draw` gave for them)."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        top, left, flipped = params
+        p = self.crop
+        b, c, h, w = images.shape
+        padded = np.zeros((b, c, h + 2 * p, w + 2 * p), images.dtype)
+        padded[:, :, p:p + h, p:p + w] = images
+        windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # (B, C, 2p + 1, 2p + 1, H, W), a view
+        out = windows[np.arange(b), :, top, left]                    # one gather of every image's window
+        if flipped.any():
+            out[flipped] = out[flipped][..., ::-1]
+        return out
+
+
 class DataLoader:
     """Batches ``(x, y)`` of a :class:`Dataset` as arrays of ``backend``, normalised, optionally shuffled.
 
     ``DataLoader(train, batch_size=64, shuffle=True, seed=0, backend=model.backend)``. The shuffle
     generator is ``numpy.random.default_rng(seed)``; one permutation is drawn per epoch.
+    ``augment=Augment(crop=4, flip=True)`` crops and flips every batch it yields (for training loaders only),
+    from a generator of its own (``default_rng([seed, 1])``) that draws the whole epoch's crops and flips
+    when the epoch starts, so the shuffle does not depend on it and a resumed epoch gets the same ones.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int = 64, shuffle: bool = False, seed: int = 0,
-                 backend: Any = None, normalizer: Normalizer | None = None, drop_last: bool = False):
+                 backend: Any = None, normalizer: Normalizer | None = None, drop_last: bool = False,
+                 augment: Augment | None = None):
         from .backend import get_backend
 
         if not isinstance(dataset, Dataset):
@@ -134,8 +183,13 @@ class DataLoader:
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.backend = get_backend(backend if backend is not None else "numpy")
         self.normalizer = normalizer if normalizer is not None else Normalizer.fit(dataset)
+        if augment is not None and not isinstance(augment, Augment):
+            raise InputTypeError(f"DataLoader: augment must be an xpcnn.Augment, got {type(augment).__name__}")
+        self.augment = augment
         self.rng = np.random.default_rng(seed)
         self._epoch_start = self.rng.bit_generator.state
+        self.augment_rng = np.random.default_rng([seed, 1])
+        self._augment_start = self.augment_rng.bit_generator.state
         self.position = 0          # batches of the current epoch already handed out
         self._resume = False
 
@@ -147,29 +201,54 @@ class DataLoader:
         n = len(self.dataset)
         if self._resume:           # finish the epoch a checkpoint was saved in
             self.rng.bit_generator.state = self._epoch_start
+            self.augment_rng.bit_generator.state = self._augment_start
             start, self._resume = self.position, False
         else:
             self._epoch_start, start = self.rng.bit_generator.state, 0
+            self._augment_start = self.augment_rng.bit_generator.state
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        params = self.augment.draw(self.augment_rng, n) if self.augment is not None else None
         self.position = start
         for b in range(start, len(self)):
-            idx = self._batch_indices(order, b)
-            x = self.normalizer.apply(self.dataset.images[idx], self.backend)
+            batch = self._batch_positions(b, n)
+            idx = order[batch]
+            raw = self.dataset.images[idx]
+            if params is not None:
+                raw = self.augment.apply(raw, tuple(p[batch] for p in params))
+            x = self.normalizer.apply(raw, self.backend)
             y = self.backend.asarray(self.dataset.labels[idx])
             self.position = b + 1
             yield x, y
 
-    def _batch_indices(self, order: np.ndarray, b: int) -> np.ndarray:
-        """The samples of batch ``b`` (``xpcnn.distributed.ShardedLoader`` keeps this rank's shard of them)."""
-        return order[b * self.batch_size:(b + 1) * self.batch_size]
+    def _batch_positions(self, b: int, n: int) -> slice:
+        """Batch ``b``'s positions in the epoch's order (``xpcnn.distributed.ShardedLoader`` keeps this rank's
+        shard of them)."""
+        return slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
 
     # -- checkpoints ----------------------------------------------------
     def state_dict(self) -> dict:
-        """JSON-able: the generator state at the start of this epoch, now, and the batches done."""
-        return {"epoch_start": self._epoch_start, "current": self.rng.bit_generator.state,
-                "position": self.position, "batches": len(self)}
+        """JSON-able: the generators' states at the start of this epoch and now, and the batches done."""
+        state = {"epoch_start": self._epoch_start, "current": self.rng.bit_generator.state,
+                 "position": self.position, "batches": len(self)}
+        if self.augment is not None:
+            state["augment"] = {"crop": int(self.augment.crop), "flip": bool(self.augment.flip),
+                                "epoch_start": self._augment_start, "current": self.augment_rng.bit_generator.state}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("augment")
+        mine = None if self.augment is None else {"crop": int(self.augment.crop), "flip": bool(self.augment.flip)}
+        mid_epoch = 0 < int(state["position"]) < int(state.get("batches", len(self)))
+        same = saved is None and mine is None or (saved is not None and mine is not None
+                                                  and (saved["crop"], saved["flip"]) == (mine["crop"], mine["flip"]))
+        if mid_epoch and not same:
+            was = "no augmentation" if saved is None else f"crop {saved['crop']}, flip {saved['flip']}"
+            now = "none" if mine is None else f"crop {mine['crop']}, flip {mine['flip']}"
+            raise InputValueError(f"the saved loader used {was}, this one {now}: use the same augmentation to "
+                                  "resume (or resume from the end of an epoch)")
+        if saved is not None and mine is not None:
+            self.augment_rng.bit_generator.state = saved["current"]
+            self._augment_start = saved["epoch_start"]
         self.rng.bit_generator.state = state["current"]
         self._epoch_start = state["epoch_start"]
         self.position = int(state["position"])

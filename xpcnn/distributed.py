@@ -243,8 +243,8 @@ class ShardedLoader(DataLoader):
     loader's. Every shard must hold at least one sample: ``batch_size`` and the last batch >= the rank count."""
 
     def __init__(self, dataset, batch_size: int = 64, shuffle: bool = False, seed: int = 0, backend: Any = None,
-                 normalizer=None, drop_last: bool = False, comm: Communicator | None = None):
-        super().__init__(dataset, batch_size, shuffle, seed, backend, normalizer, drop_last)
+                 normalizer=None, drop_last: bool = False, augment=None, comm: Communicator | None = None):
+        super().__init__(dataset, batch_size, shuffle, seed, backend, normalizer, drop_last, augment)
         self.comm = comm if comm is not None else world()
         last = len(dataset) % self.batch_size if not drop_last else 0
         for what, size in (("the batch size", self.batch_size), ("the last batch", last)):
@@ -252,11 +252,12 @@ class ShardedLoader(DataLoader):
                 raise InputValueError(f"{what} ({size} of {len(dataset)} samples) is smaller than the {self.comm.size}"
                                       " ranks: every rank needs a sample; pick another --batch-size or --limit")
 
-    def _batch_indices(self, order, b: int):
-        idx = super()._batch_indices(order, b)
-        start, stop = shard_range(len(idx), self.comm.rank, self.comm.size)
-        self._shard = Shard(start, stop, len(idx), self.comm)
-        return idx[start:stop]
+    def _batch_positions(self, b: int, n: int) -> slice:
+        batch = super()._batch_positions(b, n)
+        size = batch.stop - batch.start
+        start, stop = shard_range(size, self.comm.rank, self.comm.size)
+        self._shard = Shard(start, stop, size, self.comm)
+        return slice(batch.start + start, batch.start + stop)
 
     def __iter__(self):
         batches = super().__iter__()

@@ -68,7 +68,10 @@ class Sequential(Module):
 
     def forward(self, x):
         """Run every layer; returns an array of the model's backend (on NumPy with more than one worker thread
-        the ops split over threads, :mod:`xpcnn.parallel`)."""
+        the ops split over threads, :mod:`xpcnn.parallel`). A Sequential nested in a model (in a ``Residual``, or
+        as a layer) runs only its layers: moving the input and the threads are the outermost model's."""
+        if self.path:  # nested: the model it is part of set its name
+            return self._forward_layers(x)
         x = self._accept(x, "input")
         if self.backend.name == "numpy":
             malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
@@ -113,6 +116,8 @@ class Sequential(Module):
         Parameter gradients are the same either way. What forward kept for backward is freed as the
         pass goes (as PyTorch frees its graph), so each backward needs its own forward.
         """
+        if self.path:  # nested (see forward)
+            return self._backward_layers(dy, input_grad)
         if not getattr(self, "_ctx_ready", False):
             raise RuntimeError("Sequential.backward() needs a forward() first: the state forward keeps for "
                                "backward is freed by each backward (as PyTorch frees its graph)")
@@ -148,7 +153,9 @@ class Sequential(Module):
         return None if not input_grad else dy
 
     def extra_repr(self) -> str:
-        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers))
+        if self.path:  # nested: the model's own line names the backend
+            return f"{inner}\n"
         return f"{inner}\n  backend={self.backend.spec!r}, dtype={self.dtype!r}\n" if self.backend else inner
 
     def __repr__(self) -> str:

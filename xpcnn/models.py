@@ -1,9 +1,13 @@
 """Named model architectures, shared by the CLI, the benchmark and the tests."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
-from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GlobalAvgPool2d
+import numpy as np
+
+from .layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GlobalAvgPool2d, Residual,
+                     ZeroPadShortcut)
 from .model import Sequential
 from .errors import InputValueError
 
@@ -48,12 +52,63 @@ def allcnn_gap(in_channels: int = 3, num_classes: int = 10, image_size: int = 32
             Conv2d(64, num_classes, 1), GlobalAvgPool2d(), Flatten()]
 
 
+def basic_block(in_channels: int, channels: int, stride: int = 1) -> list:
+    """He et al.'s basic block: conv3x3(stride)-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU after the sum.
+    Where the shape changes the shortcut is option A (:class:`~xpcnn.layers.ZeroPadShortcut`, no parameters)."""
+    body = Sequential(Conv2d(in_channels, channels, 3, stride, 1, bias=False), BatchNorm2d(channels), ReLU(),
+                      Conv2d(channels, channels, 3, 1, 1, bias=False), BatchNorm2d(channels))
+    change = stride != 1 or in_channels != channels
+    return [Residual(body, ZeroPadShortcut(in_channels, channels, stride) if change else None), ReLU()]
+
+
+def cifar_resnet(depth: int, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
+    """The CIFAR ResNet of He et al. (2016, section 4.2): conv3x3(16), three stages of n = (depth - 2) / 6 basic
+    blocks with 16, 32 and 64 channels (stride 2 at the start of the second and third), global average pooling,
+    linear. 32x32 maps to 32/16/8, 28x28 to 28/14/7."""
+    if (depth - 2) % 6 or depth < 8:
+        raise InputValueError(f"a CIFAR ResNet's depth is 6n + 2 (20, 32, 44, 56, ...), got {depth}")
+    if image_size < 4:
+        raise InputValueError(f"resnet{depth} needs images of at least 4x4, got {image_size}x{image_size}")
+    n = (depth - 2) // 6
+    layers: list = [Conv2d(in_channels, 16, 3, padding=1, bias=False), BatchNorm2d(16), ReLU()]
+    c = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers += basic_block(c, width, 2 if stage and not i else 1)
+            c = width
+    return layers + [GlobalAvgPool2d(), Flatten(), Linear(64, num_classes)]
+
+
+def kaiming_normal(model: Sequential) -> None:
+    """Redraw every conv and linear weight from N(0, 2 / fan_in) (He et al. 2015, PyTorch's ``kaiming_normal_``,
+    as the PyTorch CIFAR ResNets do), from ``numpy.random.default_rng(model.seed)`` on the host; biases and
+    batch norm (weight 1, bias 0) keep their initial values."""
+    rng = np.random.default_rng(model.seed)
+    for m in model.modules():
+        if isinstance(m, (Conv2d, Linear)):
+            shape = m.weight.shape
+            std = math.sqrt(2.0 / int(np.prod(shape[1:])))
+            m.weight.data = m.backend.asarray(rng.normal(0.0, std, shape))
+
+
+def _resnet(depth: int) -> Callable[..., list]:
+    def build(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
+        return cifar_resnet(depth, in_channels, num_classes, image_size)
+    build.__name__ = build.__qualname__ = f"resnet{depth}"
+    build.__doc__ = f"ResNet-{depth} for CIFAR-sized images (:func:`cifar_resnet`, n = {(depth - 2) // 6})."
+    return build
+
+
 MODELS: dict[str, Callable[..., list]] = {
     "digits-cnn": digits_cnn,
     "lenet": lenet,
     "vgg-small": vgg_small,
     "allcnn-gap": allcnn_gap,
+    "resnet20": _resnet(20),
+    "resnet32": _resnet(32),
+    "resnet56": _resnet(56),
 }
+INITS: dict[str, Callable[[Sequential], None]] = dict.fromkeys(("resnet20", "resnet32", "resnet56"), kaiming_normal)
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> Sequential:
@@ -61,5 +116,7 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
     if name not in MODELS:
         raise InputValueError(f"unknown model {name!r}; valid models are {', '.join(MODELS)}")
     model = Sequential(*MODELS[name](in_channels, num_classes, image_size), **kwargs)
+    if name in INITS:
+        INITS[name](model)
     model.architecture = name  # checkpoints record it, and refuse to load into another architecture
     return model

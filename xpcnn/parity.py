@@ -41,6 +41,9 @@ MODEL_INPUTS: dict[str, tuple[int, int, int]] = {
     "lenet": (1, 28, 10),
     "vgg-small": (3, 32, 10),
     "allcnn-gap": (3, 32, 10),
+    "resnet20": (3, 32, 10),
+    "resnet32": (3, 32, 10),
+    "resnet56": (3, 32, 10),
 }
 
 
@@ -294,7 +297,25 @@ def layer_cases() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
         ("Sigmoid", lambda: L.Sigmoid(), (2, 3, 4, 4)),
         ("Tanh", lambda: L.Tanh(), (2, 3, 4, 4)),
         ("Dropout", lambda: L.Dropout(0.4), (4, 3, 4, 4)),
+        ("ZeroPadShortcut", lambda: L.ZeroPadShortcut(2, 4, 2), (2, 2, 5, 5)),
+        ("Residual", lambda: L.Residual(_block_body(3, 1)), (2, 3, 5, 5)),
+        ("Residual option A", lambda: L.Residual(_block_body(2, 2), L.ZeroPadShortcut(2, 4, 2)), (2, 2, 5, 5)),
+        ("Residual conv shortcut", lambda: L.Residual(_block_body(2, 2), _conv_shortcut(2, 2)), (2, 2, 5, 5)),
     ]
+
+
+def _block_body(c: int, stride: int):
+    from . import layers as L
+    from .model import Sequential
+    out = c * stride
+    return Sequential(L.Conv2d(c, out, 3, stride, 1, bias=False), L.BatchNorm2d(out), L.ReLU(),
+                      L.Conv2d(out, out, 3, 1, 1, bias=False), L.BatchNorm2d(out))
+
+
+def _conv_shortcut(c: int, stride: int):
+    from . import layers as L
+    from .model import Sequential
+    return Sequential(L.Conv2d(c, c * stride, 1, stride, bias=False), L.BatchNorm2d(c * stride))
 
 
 def compare_layers(backends: Sequence[str] = ("numpy", "array_api_strict"), dtype: str = "float64",

@@ -45,7 +45,51 @@ def torch_module(layer: Any, torch):
         return getattr(nn, name)()
     if name == "Sequential":
         return nn.Sequential(*[torch_module(child, torch) for child in layer])
+    if name == "Residual":
+        residual, _ = _residual_classes(torch)
+        shortcut = None if layer.shortcut is None else torch_module(layer.shortcut, torch)
+        return residual(torch_module(layer.body, torch), shortcut)
+    if name == "ZeroPadShortcut":
+        _, zero_pad = _residual_classes(torch)
+        return zero_pad(layer.in_channels, layer.out_channels, layer.stride)
     raise TypeError(f"no torch equivalent for layer {name}")
+
+
+_CLASSES: dict = {}
+
+
+def _residual_classes(torch):
+    """``(Residual, ZeroPadShortcut)`` as torch.nn.Modules, defined once torch is imported."""
+    if not _CLASSES:
+        nn, F = torch.nn, torch.nn.functional
+
+        class Residual(nn.Module):
+            """``body(x) + shortcut(x)``, the identity where ``shortcut`` is None (no state_dict entries)."""
+
+            def __init__(self, body, shortcut=None):
+                super().__init__()
+                self.body = body
+                if shortcut is not None:
+                    self.shortcut = shortcut
+                self.has_shortcut = shortcut is not None
+
+            def forward(self, x):
+                return self.body(x) + (self.shortcut(x) if self.has_shortcut else x)
+
+        class ZeroPadShortcut(nn.Module):
+            """Option A of He et al.: subsample, then zero channels half before and half after."""
+
+            def __init__(self, in_channels, out_channels, stride):
+                super().__init__()
+                self.before = (out_channels - in_channels) // 2
+                self.after = out_channels - in_channels - self.before
+                self.stride = stride
+
+            def forward(self, x):
+                return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.before, self.after))
+
+        _CLASSES.update(residual=Residual, zero_pad=ZeroPadShortcut)
+    return _CLASSES["residual"], _CLASSES["zero_pad"]
 
 
 def to_torch(model: Sequential, device: str = "cpu", copy_weights: bool = True):

@@ -20,7 +20,7 @@ import numpy as np
 from .. import distributed, optim
 from ..checkpoint import TRAIN_KEYS, Checkpoint, save_checkpoint
 from ..cli import CLIError
-from ..data import DataLoader, Normalizer
+from ..data import Augment, DataLoader, Normalizer
 from ..distributed import DistributedOptimizer, ShardedLoader
 from ..layers import CrossEntropyLoss
 from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
@@ -34,19 +34,29 @@ HELP = "train a CNN (default: digits-cnn on the bundled 8x8 digits, about 10 sec
 
 DEFAULTS = {"backend": "numpy", "dataset": "digits", "data_dir": None, "model": None, "epochs": 20,
             "batch_size": 32, "optimizer": "sgd", "lr": None, "weight_decay": 5e-4, "seed": 0,
-            "dtype": "float32", "limit": None, "threads": None}
+            "dtype": "float32", "limit": None, "threads": None, "augment": None}
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 OPTIONS = tuple(DEFAULTS)  # saved in checkpoints, restored by --resume (so are the threads: same bits on resume)
 # the numeric options' types: they check what is typed, and what a resumed checkpoint says
 NUMBERS = {"epochs": positive, "batch_size": positive, "lr": real(0.0, inclusive=False), "weight_decay": real(0.0),
            "seed": seed, "limit": positive, "threads": non_negative}
+AUGMENTED = ("cifar10",)  # data sets trained with --augment unless --no-augment
+FLIPPED = ("fashion-mnist", "cifar10")  # where a mirrored image is still of its class (not digits)
+FLAGS = ("augment",)  # the boolean options
+
+
+def augmentation(dataset: str, image_size: int) -> Augment:
+    """What ``--augment`` does: crops padded by an eighth of the image (He et al.'s 4 pixels at 32x32), flips
+    where they keep the class."""
+    return Augment(crop=max(1, image_size // 8), flip=dataset in FLIPPED)
 
 
 def add_arguments(parser) -> None:
     add_backend_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--model", default=None, metavar="NAME",
-                        help="digits-cnn, lenet, vgg-small, allcnn-gap (default: the data set's)")
+                        help="digits-cnn, lenet, vgg-small, allcnn-gap, resnet20, resnet32, resnet56 "
+                             "(default: the data set's)")
     parser.add_argument("--epochs", type=NUMBERS["epochs"], default=None,
                         help=f"epochs in all (default {DEFAULTS['epochs']})")
     parser.add_argument("--batch-size", type=NUMBERS["batch_size"], default=None,
@@ -57,6 +67,10 @@ def add_arguments(parser) -> None:
                         help="initial learning rate, cosine-decayed (default 0.05 for sgd, 0.001 for adam/adamw)")
     parser.add_argument("--weight-decay", type=NUMBERS["weight_decay"], default=None, help="default 5e-4")
     parser.add_argument("--seed", type=NUMBERS["seed"], default=None, help="weights and shuffling (default 0)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random crops of the zero-padded images (padding: the image size // 8, 4 at 32x32, "
+                             "3 at 28x28) and, except for digits and mnist, horizontal flips (default: on for "
+                             "cifar10, off elsewhere)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None, help="default float32")
     parser.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint here after every epoch (atomic)")
     parser.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
@@ -81,12 +95,18 @@ def resolve_options(args, saved: dict | None, source: str = "checkpoint") -> dic
         opts["lr"] = DEFAULT_LR.get(opts["optimizer"])
     if opts["lr"] is None:
         raise InputValueError(f"{source}: unknown optimizer {opts['optimizer']!r}; valid are {', '.join(DEFAULT_LR)}")
+    if opts["augment"] is None:
+        opts["augment"] = opts["dataset"] in AUGMENTED
     return opts
 
 
 def _saved_option(key: str, value, source: str):
     """A resumed checkpoint's option, checked as the typed option would be (the file may have been edited)."""
     check = NUMBERS.get(key)
+    if key in FLAGS:
+        if not isinstance(value, bool):
+            raise InputValueError(f"{source}: saved option {key!r} must be true or false, got {value!r}")
+        return value
     if check is None:
         if not isinstance(value, str):
             raise InputValueError(f"{source}: saved option {key!r} must be a string, got {value!r}")
@@ -212,7 +232,8 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
     o["model"] = model.architecture
     normalizer = Normalizer.from_dict(ckpt.meta["normalizer"]) if ckpt else Normalizer.fit(train_set)
     train_loader = ShardedLoader(train_set, o["batch_size"], shuffle=True, seed=o["seed"], backend=model.backend,
-                                 normalizer=normalizer, comm=comm)  # this rank's shard of every global batch
+                                 normalizer=normalizer, comm=comm,  # this rank's shard of every global batch
+                                 augment=augmentation(o["dataset"], train_set.shape[1]) if o["augment"] else None)
     test_loader = DataLoader(test_set, min(256, len(test_set)), backend=model.backend, normalizer=normalizer)
     opt = make_optimizer(o["optimizer"], model.parameters(), o["lr"], o["weight_decay"])
     history: list[dict] = []
@@ -233,7 +254,8 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
     say(f"training {o['model']} ({model.num_parameters():,} parameters) on {o['dataset']} "
         f"({len(train_set)} train / {len(test_set)} test images) with {model.backend.spec}, {o['dtype']}"
         f"{describe_parallel(model, comm.size)}, "
-        f"{o['optimizer']} lr {o['lr']:g}" + (f", resuming after epoch {start}" if ckpt else ""))
+        f"{o['optimizer']} lr {o['lr']:g}" + (f", augment {train_loader.augment}" if o["augment"] else "")
+        + (f", resuming after epoch {start}" if ckpt else ""))
 
     def meta() -> dict:
         return {"architecture": o["model"], "model_args": model_args, "options": o,
