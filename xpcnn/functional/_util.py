@@ -202,6 +202,22 @@ def add_rows_bias(xp, m, bias, group: int):
     return xp.reshape(v, (r, f))
 
 
+CONSTANTS = 64  # arrays kept by constant() (all dropped when full)
+_constants: dict = {}
+
+
+def constant(xp, value, dtype, dev):
+    """``asarray(value, dtype, device)`` for a number or nested lists, kept for the next call asking for the same
+    value, dtype and device: a step's constants without a creation (a launch on a GPU) per call. Read only."""
+    key = (xp.__name__, str(dev), str(dtype), repr(value))
+    a = _constants.get(key)
+    if a is None:
+        if len(_constants) >= CONSTANTS:
+            _constants.clear()
+        a = _constants[key] = xp.asarray(value, dtype=dtype, device=dev)
+    return a
+
+
 def where_zero(mask, a):
     """``where(mask, a, 0)``, through the namespace's faster exact kernel where one is registered."""
     xp = array_namespace(a)
