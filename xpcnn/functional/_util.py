@@ -224,4 +224,4 @@ def where_zero(mask, a):
     fast = kernels.get("where_zero", xp)
     if fast is not None:
         return fast(mask, a)
-    return xp.where(mask, a, xp.zeros((), dtype=a.dtype, device=device(a)))
+    return xp.where(mask, a, constant(xp, 0, a.dtype, device(a)))

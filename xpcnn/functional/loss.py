@@ -5,25 +5,31 @@ import math
 
 from array_api_compat import array_namespace, device
 
+from ._util import constant
 from .activation import log_softmax
+
+
+def _label_mask(labels, num_classes: int):
+    """``(N,) int -> (N, C)`` bool, True at each row's label, by comparison (no scatter)."""
+    xp = array_namespace(labels)
+    classes = constant(xp, [list(range(num_classes))], labels.dtype, device(labels))
+    return xp.reshape(labels, (-1, 1)) == classes
 
 
 def one_hot(labels, num_classes: int, dtype):
     """``(N,) int -> (N, C)`` of 0/1 in ``dtype``, by comparison (no scatter)."""
-    xp = array_namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
-    return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
+    return array_namespace(labels).astype(_label_mask(labels, num_classes), dtype)
 
 
 def cross_entropy_forward(logits, labels):
     """Mean of ``-log softmax(logits)[label]``. Returns ``(loss, ctx)``; loss is 0-d."""
     xp = array_namespace(logits)
     logp = log_softmax(logits, axis=1)
-    target = one_hot(labels, logits.shape[1], logits.dtype)
+    mask = _label_mask(labels, logits.shape[1])
     n = logits.shape[0]
     # pick log p[label] with where, not logp * target: -inf * 0 would be NaN for huge logit gaps
-    loss = -xp.sum(xp.where(target > 0, logp, xp.zeros((), dtype=logp.dtype, device=device(logp)))) / n
-    return loss, (logp, target)
+    loss = xp.sum(xp.where(mask, logp, constant(xp, 0, logp.dtype, device(logp)))) / -n  # = -(sum / n), exactly
+    return loss, (logp, xp.astype(mask, logits.dtype))
 
 
 def cross_entropy_backward(ctx, dloss=1.0):
