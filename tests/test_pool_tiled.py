@@ -110,10 +110,21 @@ def test_tiled_layer_with_indices_and_an_empty_batch(gpu_plan, rng):
 def test_constants_are_kept_per_value_dtype_and_device():
     from xpcnn.functional._util import constant
     dev1, cpu = make_env("strict-device1"), make_env("strict")
-    a = constant(dev1.xp, [[1, 2]], dev1.dtype, dev1.backend.device)
-    assert constant(dev1.xp, [[1, 2]], dev1.dtype, dev1.backend.device) is a
-    np.testing.assert_array_equal(dev1.get(a), [[1, 2]])
-    others = [constant(dev1.xp, [[1, 3]], dev1.dtype, dev1.backend.device),
-              constant(dev1.xp, [[1, 2]], dev1.xp.float32, dev1.backend.device),
-              constant(cpu.xp, [[1, 2]], cpu.dtype, cpu.backend.device)]
+    a = constant(dev1.xp, ((1, 2),), dev1.dtype, dev1.backend.device)
+    assert constant(dev1.xp, ((1, 2),), dev1.dtype, dev1.backend.device) is a
+    np.testing.assert_array_equal(dev1.get(a), ((1, 2),))
+    others = [constant(dev1.xp, ((1, 3),), dev1.dtype, dev1.backend.device),
+              constant(dev1.xp, ((1, 2),), dev1.xp.float32, dev1.backend.device),
+              constant(cpu.xp, ((1, 2),), cpu.dtype, cpu.backend.device)]
     assert all(b is not a for b in others) and others[2].device == cpu.backend.device
+    calls = []
+
+    class Stub:  # a namespace whose devices cannot be hashed (kept under their str)
+        __name__ = "stub"
+
+        @staticmethod
+        def asarray(value, dtype, device):
+            calls.append(value)
+            return object()
+    first = constant(Stub, 0, "float32", ["gpu", 0])
+    assert constant(Stub, 0, "float32", ["gpu", 0]) is first and calls == [0]

@@ -207,10 +207,14 @@ _constants: dict = {}
 
 
 def constant(xp, value, dtype, dev):
-    """``asarray(value, dtype, device)`` for a number or nested lists, kept for the next call asking for the same
+    """``asarray(value, dtype, device)`` for a number or nested tuples, kept for the next call asking for the same
     value, dtype and device: a step's constants without a creation (a launch on a GPU) per call. Read only."""
-    key = (xp.__name__, str(dev), str(dtype), repr(value))
-    a = _constants.get(key)
+    key = (xp.__name__, dev, dtype, value)
+    try:
+        a = _constants.get(key)
+    except TypeError:  # an unhashable device or dtype
+        key = (xp.__name__, str(dev), str(dtype), value)
+        a = _constants.get(key)
     if a is None:
         if len(_constants) >= CONSTANTS:
             _constants.clear()

@@ -12,7 +12,7 @@ from .activation import log_softmax
 def _label_mask(labels, num_classes: int):
     """``(N,) int -> (N, C)`` bool, True at each row's label, by comparison (no scatter)."""
     xp = array_namespace(labels)
-    classes = constant(xp, [list(range(num_classes))], labels.dtype, device(labels))
+    classes = constant(xp, (tuple(range(num_classes)),), labels.dtype, device(labels))
     return xp.reshape(labels, (-1, 1)) == classes
 
 

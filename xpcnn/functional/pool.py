@@ -155,9 +155,9 @@ def _tiled_choice(xp, ctx: TiledPool):
     return key == xp.max(key, axis=(2, 4), keepdims=True)
 
 
-def _per_offset(kh: int, kw: int, f) -> list:
+def _per_offset(kh: int, kw: int, f) -> tuple:
     """``f(offset)`` per window offset ``i * kw + j``, nested as ``(kh, 1, kw, 1)``: against ``(kh, W/kw, kw, C)``."""
-    return [[[[f(i * kw + j)] for j in range(kw)]] for i in range(kh)]
+    return tuple((tuple((f(i * kw + j),) for j in range(kw)),) for i in range(kh))
 
 
 def _max_pool_tiled_backward(dy, ctx: TiledPool):
