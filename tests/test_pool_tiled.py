@@ -37,7 +37,8 @@ def _special_input(rng, n, c, h, w, kernel):
     return x
 
 
-CASES = [((2, 2), (2, 3, 6, 8)), ((3, 2), (2, 2, 9, 4)), ((1, 3), (1, 2, 2, 6)), ((4, 4), (2, 3, 8, 8))]
+CASES = [((2, 2), (2, 3, 6, 8)), ((3, 2), (2, 2, 9, 4)), ((1, 3), (1, 2, 2, 6)), ((4, 4), (2, 3, 8, 8)),
+         ((16, 16), (1, 2, 32, 32))]  # 256 positions: int32 keys
 
 
 @pytest.mark.parametrize("kernel,shape", CASES, ids=[f"{k}" for k, _ in CASES])
@@ -55,7 +56,7 @@ def test_tiled_max_pool_against_the_loop_reference(env, kernel, shape, gpu_plan,
     assert tuple(y.shape) == y_ref.shape and tuple(dx.shape) == x.shape
 
 
-@pytest.mark.parametrize("key", ["numpy", "strict", "torch"])
+@pytest.mark.parametrize("key", ["numpy", "strict", "strict-device1", "torch"])
 def test_tiled_max_pool_numerical_gradients(key, gpu_plan, rng):
     if key == "torch":
         pytest.importorskip("torch", reason="torch not installed (optional)")
