@@ -205,10 +205,30 @@ def add_rows_bias(xp, m, bias, group: int):
     return xp.reshape(v, (r, f))
 
 
+CONSTANTS = 64  # arrays kept by constant() (all dropped when full)
+_constants: dict = {}
+
+
+def constant(xp, value, dtype, dev):
+    """``asarray(value, dtype, device)`` for a number or nested tuples, kept for the next call asking for the same
+    value, dtype and device: a step's constants without a creation (a launch on a GPU) per call. Read only."""
+    key = (xp.__name__, dev, dtype, value)
+    try:
+        a = _constants.get(key)
+    except TypeError:  # an unhashable device or dtype
+        key = (xp.__name__, str(dev), str(dtype), value)
+        a = _constants.get(key)
+    if a is None:
+        if len(_constants) >= CONSTANTS:
+            _constants.clear()
+        a = _constants[key] = xp.asarray(value, dtype=dtype, device=dev)
+    return a
+
+
 def where_zero(mask, a):
     """``where(mask, a, 0)``, through the namespace's faster exact kernel where one is registered."""
     xp = array_namespace(a)
     fast = kernels.get("where_zero", xp)
     if fast is not None:
         return fast(mask, a)
-    return xp.where(mask, a, xp.zeros((), dtype=a.dtype, device=device(a)))
+    return xp.where(mask, a, constant(xp, 0, a.dtype, device(a)))

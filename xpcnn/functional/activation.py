@@ -8,7 +8,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace, device
 
 from .. import kernels
-from ._util import where_zero
+from ._util import constant, where_zero
 
 
 def relu(x):
@@ -16,7 +16,7 @@ def relu(x):
     fast = kernels.get("relu", xp)
     if fast is not None:
         return fast(x)
-    return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device(x)))
+    return xp.maximum(x, constant(xp, 0, x.dtype, device(x)))
 
 
 def relu_backward(dy, y):
@@ -59,7 +59,7 @@ def tanh_backward(dy, y):
 def dropout(x, p: float, keep):
     """Inverted dropout: ``keep`` is a boolean mask; kept values are scaled by ``1/(1-p)``."""
     xp = array_namespace(x)
-    return xp.where(keep, x * (1.0 / (1.0 - p)), xp.zeros((), dtype=x.dtype, device=device(x)))
+    return xp.where(keep, x * (1.0 / (1.0 - p)), constant(xp, 0, x.dtype, device(x)))
 
 
 def dropout_backward(dy, p: float, keep):

@@ -11,18 +11,26 @@ import math
 
 from array_api_compat import array_namespace, device
 
+from ._util import constant
 from .activation import log_softmax
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def _label_mask(labels, num_classes: int):
+    """``(N,) int -> (N, C)`` bool, True at each row's label, by comparison (no scatter)."""
+    xp = array_namespace(labels)
+    classes = constant(xp, (tuple(range(num_classes)),), labels.dtype, device(labels))
+    return xp.reshape(labels, (-1, 1)) == classes
 
 
 def one_hot(labels, num_classes: int, dtype):
     """``(N, *d) int -> (N, C, *d)`` of 0/1 in ``dtype``, by comparison (no scatter); a label outside
     ``[0, C)`` gives a row of zeros."""
     xp = array_namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
     if labels.ndim == 1:
-        return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
+        return xp.astype(_label_mask(labels, num_classes), dtype)
+    classes = constant(xp, (tuple(range(num_classes)),), labels.dtype, device(labels))  # kept: no arange a call
     classes = xp.reshape(classes, (1, num_classes) + (1,) * (labels.ndim - 1))
     return xp.astype(xp.expand_dims(labels, axis=1) == classes, dtype)
 
@@ -62,7 +70,7 @@ def cross_entropy_forward(logits, target, weight=None, reduction: str = "mean", 
             valid = xp.astype(keep, dt)
             if 0 <= ignore_index < c:
                 q = q * xp.expand_dims(valid, axis=1)
-        zero = xp.zeros((), dtype=dt, device=dev)
+        zero = constant(xp, 0, dt, dev)
         # pick log p[target] with where, not logp * q: -inf * 0 would be NaN for huge logit gaps
         picked = xp.where(q > 0, logp, zero)
         if w is None and not ls and reduction != "none":  # the common case: one reduction, no per-position loss

@@ -3,18 +3,21 @@
 Each is a loop over the kh*kw window offsets, one strided slice per offset.
 Max pooling records, per output, the offset of the first maximum (as PyTorch
 does); its backward routes the gradient there and sums where windows overlap.
+On the GPU plan, where the windows tile the input (:func:`tiles`), max pooling
+reduces a 6-D view instead: a few operations a layer, not a few per offset
+(on a CPU the loop is faster: benchmarks/RESULTS.md).
 In ceil mode the padded grid grows on the bottom/right so that the last window
 fits (:func:`pool_geometry`); average pooling's divisor leaves that growth out.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
-from .. import kernels, parallel
-from ._util import empty_nchw, itemsize, pad2d, pair, unpad2d, where_zero, window, window_key
+from .. import config, kernels, parallel
+from ._util import constant, empty_nchw, itemsize, pad2d, pair, unpad2d, where_zero, window, window_key
 
 
 def pool_out_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1, ceil_mode: bool = False) -> int:
@@ -79,6 +82,8 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     n, c, h, w = x.shape
     padded_shape = (n, c, h + pads[0] + pads[1], w + pads[2] + pads[3])
     fast = kernels.get("max_pool2d", xp) if dilation == (1, 1) else None
+    if config.gpu_plan(x) and tiles(x.shape, kernel, stride, dilation, pads, oh, ow):
+        return _max_pool_tiled(xp, x, kernel)
     parts = [] if fast is not None else parallel.ranges(n, c * h * w * itemsize(xp, x.dtype))
     if fast is not None:
         y, idx = fast(pad2d(x, pads, float(xp.finfo(x.dtype).min)), kernel, stride, oh, ow, idx_dtype)
@@ -113,13 +118,82 @@ def _max_pool_shard(xp, x, kernel, stride, dilation, pads, oh, ow, idx_dtype):
     return y, idx
 
 
+def tiles(x_shape, kernel, stride, dilation, pads, oh: int, ow: int) -> bool:
+    """Whether the pooling windows tile the input exactly (kernel = stride, no padding nor ceil-mode overhang,
+    dilation 1, sizes divisible by the kernel): every pool of the named models."""
+    return (tuple(stride) == tuple(kernel) and tuple(dilation) == (1, 1) and not any(pads)
+            and (oh * kernel[0], ow * kernel[1]) == tuple(x_shape[2:]))
+
+
+class TiledPool(NamedTuple):
+    """The context of :func:`_max_pool_tiled`: the input as ``(N, H/kh, kh, W/kw, kw, C)`` (a view) and each
+    window's maximum ``(N, H/kh, 1, W/kw, 1, C)``."""
+    windows: Any
+    maxima: Any
+
+
+def _max_pool_tiled(xp, x, kernel):
+    """Max pooling of windows that tile ``x``: one ``max`` over the window axes of the channels-last view
+    ``(N, H/kh, kh, W/kw, kw, C)`` (NaN propagates, as in the loop); the output is channels-last."""
+    n, c, h, w = x.shape
+    v = xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (n, h // kernel[0], kernel[0], w // kernel[1], kernel[1], c))
+    m = xp.max(v, axis=(2, 4), keepdims=True)
+    y = xp.permute_dims(xp.reshape(m, (n, v.shape[1], v.shape[3], c)), (0, 3, 1, 2))
+    return y, TiledPool(v, m)
+
+
+def _tiled_choice(xp, ctx: TiledPool):
+    """The position each window's output came from, as a mask of the windows' shape: the loop's rule (the
+    first maximum, or the last NaN where the window holds one). Each position gets a key, ``kh*kw - offset``
+    at a maximum or ``1 + offset`` at a NaN (a window has one kind or the other), else 0; the largest wins."""
+    v, m = ctx
+    kh, kw, dev = v.shape[2], v.shape[4], device(v)
+    key_dtype = xp.uint8 if kh * kw <= 255 else xp.int32  # a byte a position: a quarter of float32's traffic
+    first = constant(xp, _per_offset(kh, kw, lambda k: kh * kw - k), key_dtype, dev)
+    last = constant(xp, _per_offset(kh, kw, lambda k: 1 + k), key_dtype, dev)
+    zero = constant(xp, 0, key_dtype, dev)
+    key = xp.where(v == m, first, xp.where(xp.isnan(v), last, zero))
+    return key == xp.max(key, axis=(2, 4), keepdims=True)
+
+
+def _per_offset(kh: int, kw: int, f) -> tuple:
+    """``f(offset)`` per window offset ``i * kw + j``, nested as ``(kh, 1, kw, 1)``: against ``(kh, W/kw, kw, C)``."""
+    return tuple((tuple((f(i * kw + j),) for j in range(kw)),) for i in range(kh))
+
+
+def _max_pool_tiled_backward(dy, ctx: TiledPool):
+    """Gradient of :func:`_max_pool_tiled`: ``dy`` at each window's chosen position, 0 elsewhere."""
+    xp = array_namespace(dy)
+    n, oh, kh, ow, kw, c = ctx.windows.shape
+    g = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n, oh, 1, ow, 1, c))
+    dx = xp.where(_tiled_choice(xp, ctx), g, constant(xp, 0, dy.dtype, device(dy)))
+    return xp.permute_dims(xp.reshape(dx, (n, oh * kh, ow * kw, c)), (0, 3, 1, 2))
+
+
 def max_pool2d_indices(ctx):
     """PyTorch's ``return_indices`` of :func:`max_pool2d_forward`: the flat index ``row * W + col`` in its input
     plane of each output's maximum, int64 (computed only when asked for)."""
+    if isinstance(ctx, TiledPool):
+        return _tiled_indices(ctx)
     idx, x_shape, _, kernel, stride, pads, dilation = ctx
     xp = array_namespace(idx)
-    oh, ow, dev = idx.shape[2], idx.shape[3], device(idx)
-    k = xp.astype(idx, xp.int64)
+    return _flat_indices(xp, xp.astype(idx, xp.int64), x_shape, kernel, stride, pads, dilation)
+
+
+def _tiled_indices(ctx: TiledPool):
+    """:func:`max_pool2d_indices` of the tiled path: each window's chosen offset, from :func:`_tiled_choice`."""
+    v = ctx.windows
+    xp = array_namespace(v)
+    n, oh, kh, ow, kw, c = v.shape
+    offsets = constant(xp, _per_offset(kh, kw, lambda k: k), xp.int64, device(v))
+    k = xp.sum(xp.where(_tiled_choice(xp, ctx), offsets, constant(xp, 0, xp.int64, device(v))), axis=(2, 4))
+    return _flat_indices(xp, xp.permute_dims(k, (0, 3, 1, 2)), (n, c, oh * kh, ow * kw), (kh, kw), (kh, kw),
+                         (0, 0, 0, 0), (1, 1))
+
+
+def _flat_indices(xp, k, x_shape, kernel, stride, pads, dilation):
+    """The flat input-plane index of window offset ``k (N, C, oh, ow)``, int64."""
+    oh, ow, dev = k.shape[2], k.shape[3], device(k)
     rows = xp.reshape(xp.arange(oh, dtype=xp.int64, device=dev) * stride[0] - pads[0], (oh, 1))
     cols = xp.reshape(xp.arange(ow, dtype=xp.int64, device=dev) * stride[1] - pads[2], (1, ow))
     return (rows + (k // kernel[1]) * dilation[0]) * x_shape[3] + cols + (k % kernel[1]) * dilation[1]
@@ -130,6 +204,8 @@ def max_pool2d_backward(dy, ctx):
 
     Disjoint windows (stride >= dilated kernel) are written, not accumulated. Batch shards run on the workers,
     each writing its own samples of ``dx``."""
+    if isinstance(ctx, TiledPool):
+        return _max_pool_tiled_backward(dy, ctx)
     idx, x_shape, padded_shape, kernel, stride, pads, dilation = ctx
     xp = array_namespace(dy)
     oh, ow = dy.shape[2], dy.shape[3]
