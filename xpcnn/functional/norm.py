@@ -102,7 +102,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
         raise ValueError(f"batch_norm expects a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, got shape "
                          f"{tuple(x.shape)}")
     xp = array_namespace(x)
-    if _plain(xp, x):
+    if _plain(x):
         return _plain_forward(xp, x, weight, bias, running_mean, running_var, training, momentum, eps)
     m, g = _rows(xp, x)
     c = x.shape[1]
@@ -175,9 +175,10 @@ def batch_norm(x, weight, bias, running_mean, running_var, training=True, moment
     return batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 
 
-def _plain(xp, x) -> bool:
+def _plain(x) -> bool:
     """Whether ``x`` takes the plain form (:func:`_plain_forward`): on the GPU plan (fewest array operations,
-    each a launch there)."""
+    each a launch there). The CPU plan keeps the tiled rows on every namespace: faster there on NumPy, torch
+    and array_api_strict alike (benchmarks/RESULTS.md)."""
     return config.gpu_plan(x)
 
 
