@@ -71,7 +71,8 @@ def main(path: str) -> None:
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(states[k]).tobytes() for k in shared)).hexdigest()
     digests = comm.comm.allgather(digest)
     if comm.rank == 0:
-        np.savez(path, ranks=comm.size, ranks_agree=len(set(digests)) == 1, **states)
+        np.savez(path, ranks=comm.size, ranks_agree=len(set(digests)) == 1, gpu_plan=xpcnn.config.gpu_plan(),
+                 **states)
 
 
 if __name__ == "__main__":

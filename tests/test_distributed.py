@@ -99,6 +99,28 @@ def test_two_and_three_ranks_train_as_one_process_and_reruns_are_bit_identical(t
         assert np.array_equal(runs[2, "a"][key], runs[2, "b"][key]), key  # reruns: the same bits
 
 
+@needs_mpi
+def test_ranks_train_as_one_process_on_the_gpu_plan(tmp_path):
+    """The same jobs on the GPU plan (batch norm's plain form: its sums reduced over the ranks in forward and
+    backward, the backward's two in one allreduce): 2 and 3 ranks equal one process to 1e-10."""
+    from xpcnn import config
+    saved = config.get_plan()
+    config.set_plan("gpu")
+    try:
+        ref = mpi_job.train_states(distributed.Communicator())
+    finally:
+        config.set_plan(saved)
+    for n in (2, 3):
+        out = tmp_path / f"{n}.npz"
+        r = mpiexec(n, "-m", "mpi4py", str(HERE / "mpi_job.py"), str(out), env={**os.environ, "XPCNN_PLAN": "gpu"})
+        assert r.returncode == 0, r.stderr
+        got = dict(np.load(out))
+        assert int(got["ranks"]) == n and bool(got["ranks_agree"]) and bool(got["gpu_plan"])
+        for key, want in ref.items():
+            if not key.endswith("shard_sizes"):
+                assert _rel(got[key], want) <= 1e-10, (n, key)
+
+
 TRAIN = ["train", "--limit", "120", "--batch-size", "25", "--dtype", "float64", "--quiet"]
 
 

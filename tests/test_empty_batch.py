@@ -44,9 +44,20 @@ def test_layers_run_an_empty_batch(make, in_shape, out_shape, env):
 
 @pytest.mark.parametrize("cls,shape", [(xpcnn.BatchNorm2d, (0, 3, 4, 4)), (xpcnn.BatchNorm1d, (0, 3)),
                                        (xpcnn.BatchNorm1d, (0, 3, 5))])
-def test_batch_norm_takes_an_empty_batch(cls, shape, env):
+@pytest.mark.parametrize("plan", ["cpu", "gpu"])
+def test_batch_norm_takes_an_empty_batch(cls, shape, env, plan):
     """As PyTorch: in training an empty batch gives an empty output and zero gradients, leaves the running
-    statistics as they are and counts the batch; one value per channel is refused."""
+    statistics as they are and counts the batch; one value per channel is refused. On both plans (tiled rows,
+    the plain form)."""
+    saved = xpcnn.config.get_plan()
+    xpcnn.config.set_plan(plan)
+    try:
+        _empty_batch_norm(cls, shape, env)
+    finally:
+        xpcnn.config.set_plan(saved)
+
+
+def _empty_batch_norm(cls, shape, env):
     model = env.model(cls(3, momentum=None))
     bn = model[0]
     warm = (2, 3) + (4,) * (len(shape) - 2)

@@ -7,9 +7,21 @@ import pytest
 import reference as ref
 import xpcnn
 import xpcnn.functional as F
+from xpcnn import config
+from xpcnn.functional import norm
+from conftest import make_env
 from gradcheck import assert_close, check_grads, numerical_grad
 
 SHAPES = {"2d": (5, 3), "3d": (3, 3, 4), "4d": (2, 3, 4, 3)}
+
+
+@pytest.fixture(params=["cpu", "gpu"])
+def plan(request):
+    """The test runs on both plans: the CPU's tiled rows, the GPU's plain form (``norm._plain``); restored after."""
+    saved = config.get_plan()
+    config.set_plan(request.param)
+    yield request.param
+    config.set_plan(saved)
 
 
 def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):
@@ -28,7 +40,7 @@ def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):
 
 @pytest.mark.parametrize("kind", ["2d", "3d", "4d"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_batch_norm_functional_numpy(kind, training, rng):
+def test_batch_norm_functional_numpy(kind, training, plan, rng):
     shape = SHAPES[kind]
     x = rng.standard_normal(shape) * 3 + 1
     g, b = rng.standard_normal(3), rng.standard_normal(3)
@@ -49,7 +61,7 @@ def test_batch_norm_functional_numpy(kind, training, rng):
 
 
 @pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "2d"), (xpcnn.BatchNorm1d, "3d")])
-def test_batch_norm_layer_train_eval_running_stats(cls, kind, env, rng):
+def test_batch_norm_layer_train_eval_running_stats(cls, kind, env, plan, rng):
     """Two training steps (running stats as PyTorch: momentum 0.1, eps 1e-5, unbiased running var),
     then eval uses them; gradients against numerical gradients of the reference."""
     shape = SHAPES[kind]
@@ -89,7 +101,7 @@ def test_batch_norm_layer_train_eval_running_stats(cls, kind, env, rng):
     assert_close(env.get(bn.weight.grad), dg_ref, env.tol, "eval weight.grad")
 
 
-def test_batch_norm_no_affine_no_running_stats(rng):
+def test_batch_norm_no_affine_no_running_stats(plan, rng):
     model = xpcnn.Sequential(xpcnn.BatchNorm2d(3, affine=False, track_running_stats=False, eps=1e-3),
                              backend="numpy", dtype="float64")
     assert model.state_dict() == {} and model.parameters() == []
@@ -103,7 +115,7 @@ def test_batch_norm_no_affine_no_running_stats(rng):
     check_grads(lambda x_: model.forward(x_), [x], [dx], dy)
 
 
-def test_batch_norm_custom_momentum(rng):
+def test_batch_norm_custom_momentum(plan, rng):
     model = xpcnn.Sequential(xpcnn.BatchNorm1d(4, momentum=0.3), backend="numpy", dtype="float64")
     x = rng.standard_normal((6, 4))
     model.forward(x)
@@ -115,7 +127,7 @@ def test_batch_norm_custom_momentum(rng):
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
 @pytest.mark.parametrize("track", [True, False], ids=["running", "no-running"])
 @pytest.mark.parametrize("cls,kind", [(xpcnn.BatchNorm2d, "4d"), (xpcnn.BatchNorm1d, "3d")])
-def test_batch_norm_options(cls, kind, affine, track, env, rng):
+def test_batch_norm_options(cls, kind, affine, track, env, plan, rng):
     """affine=False: no weight or bias; track_running_stats=False: no buffers, batch statistics in eval too;
     momentum=None: the running statistics are the cumulative average of the batches' (num_batches_tracked)."""
     shape = SHAPES[kind]
@@ -173,3 +185,43 @@ def test_batch_norm_input_ranks():
     with pytest.raises(ValueError, match=r"expected a 2-D or 3-D input \(N, C\) or \(N, C, L\), got shape \(3,\)"):
         xpcnn.Sequential(xpcnn.BatchNorm1d(3), backend="numpy")(np.zeros(3))
     xpcnn.BatchNorm1d(np.int64(3), 1e-5, 0.1, True, True, None, None)  # every default, in PyTorch's order
+
+
+@pytest.mark.parametrize("key", ["numpy", "strict", "strict-device1", "torch"])
+@pytest.mark.parametrize("kind", ["2d", "3d", "4d"])
+def test_gpu_plan_runs_the_plain_form_with_the_cpu_plans_results(kind, key, rng):
+    """Every option of the functional form (affine or not, running statistics or not, momentum a number or a 0-d
+    array, training or eval, an empty batch): the GPU plan runs the plain form, the CPU plan the tiled rows, and
+    they agree in float64 (forward, running statistics, the three gradients); the inputs are left as they were."""
+    if key == "torch":
+        pytest.importorskip("torch", reason="torch not installed (optional)")
+    env = make_env(key)
+    shape = SHAPES[kind]
+    x0, dy0 = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+    g0, b0, rm0, rv0 = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    saved = config.get_plan()
+    cases = [(affine, running, training, momentum, n) for affine in (True, False) for running in (True, False)
+             for training in (True, False) for momentum in (0.1, "0-d") for n in (shape[0], 0)
+             if (running or training) and (training or momentum == 0.1) and (n or training)]
+    try:
+        for affine, running, training, momentum, n in cases:
+            results = {}
+            for name in ("cpu", "gpu"):
+                config.set_plan(name)
+                x, dy = env.put(x0[:n]), env.put(dy0[:n])
+                g, b = (env.put(g0), env.put(b0)) if affine else (None, None)
+                rm, rv = (env.put(rm0), env.put(rv0)) if running else (None, None)
+                m = env.xp.asarray(0.25, dtype=env.dtype, device=env.backend.device) if momentum == "0-d" else momentum
+                y, nrm, nrv, ctx = F.batch_norm_forward(x, g, b, rm, rv, training, m, 1e-3)
+                assert isinstance(ctx, norm._PlainContext) == (name == "gpu")  # the path that ran
+                dx, dg, db = F.batch_norm_backward(dy, ctx)
+                assert (dg is None) == (db is None) == (not affine)
+                assert np.array_equal(env.get(x), x0[:n]) and np.array_equal(env.get(dy), dy0[:n])
+                results[name] = [env.get(a) for a in (y, nrm, nrv, dx, dg, db) if a is not None]
+            assert len(results["gpu"]) == len(results["cpu"]) == 2 + 2 * running + 2 * affine
+            for k, (a, c) in enumerate(zip(results["gpu"], results["cpu"])):
+                assert a.shape == c.shape
+                assert_close(a, c, env.tol, f"{key} {kind} affine={affine} running={running} training={training} "
+                                            f"momentum={momentum} n={n}: result {k}")
+    finally:
+        config.set_plan(saved)

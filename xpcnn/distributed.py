@@ -208,6 +208,11 @@ def sharded_batch(shard: Shard | None) -> Iterator[None]:
         _batch = saved
 
 
+def batch_sharded() -> bool:
+    """Whether the current batch is sharded over several ranks (the hooks below reduce only then)."""
+    return _batch is not None
+
+
 def batch_sum(v, count: int, gradient: bool = False) -> tuple[Any, int]:
     """``(v, count)`` summed over the ranks that share the current batch: ``v`` a per-channel sum over this rank's
     samples (any backend), ``count`` the values it summed; unchanged outside a sharded batch. Batch norm's

@@ -7,7 +7,8 @@ The work runs on the channels-last rows of the input: ``(N*H*W, C)``, a view for
 library's layout (:func:`~xpcnn.functional._util.empty_nchw`; one copy for another), grouped
 ``W`` rows at a time into ``(N*H, W*C)`` with the per-channel vectors tiled ``W`` times.
 Broadcasting a ``(1, C, 1, 1)`` vector instead gives NumPy inner loops of C (32 here) and runs
-3-4x slower; the grouped rows take the same code path on every namespace.
+3-4x slower on NumPy. Elsewhere (:func:`_plain`: the GPU plan, where every call is a launch) the plain form runs:
+sums over the non-channel axes against ``(1, C, 1, 1)`` vectors, no views, tiles nor grouping.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 
 from array_api_compat import array_namespace, device
 
-from .. import distributed, kernels
+from .. import config, distributed, kernels
 from ._util import rows_sum
 
 
@@ -27,9 +28,6 @@ def _rows(xp, x):
     if x.ndim == 3:
         n, c, length = x.shape
         return xp.reshape(xp.permute_dims(x, (0, 2, 1)), (n, length * c)), length
-    if x.ndim != 4:
-        raise ValueError(f"batch_norm expects a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, got shape "
-                         f"{tuple(x.shape)}")
     n, c, h, w = x.shape
     return xp.reshape(xp.permute_dims(x, (0, 2, 3, 1)), (n * h, w * c)), w
 
@@ -100,7 +98,12 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     ``scale = weight / sqrt(var + eps)``: four passes over ``x``. Backward keeps ``centered`` (the size of
     ``x``, which nothing else holds) instead of ``xhat``.
     """
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"batch_norm expects a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, got shape "
+                         f"{tuple(x.shape)}")
     xp = array_namespace(x)
+    if _plain(x):
+        return _plain_forward(xp, x, weight, bias, running_mean, running_var, training, momentum, eps)
     m, g = _rows(xp, x)
     c = x.shape[1]
     count = math.prod(x.shape) // c
@@ -132,6 +135,8 @@ def batch_norm_backward(dy, ctx):
     Training: ``dx = dy * scale - centered * k - mean(dy) * scale`` with the per-channel
     ``k = scale * inv_std**2 * mean(dy * centered)``, so dx is one fused expression over the activations.
     """
+    if isinstance(ctx, _PlainContext):
+        return _plain_backward(dy, ctx)
     centered, inv_std, weight, training = ctx
     xp = array_namespace(dy)
     d, g = _rows(xp, dy)
@@ -168,3 +173,107 @@ def _input_grad(xp, d, centered, scale, k, shift, g: int):
 def batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
     """Forward only (returns just ``y``)."""
     return batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+
+
+def _plain(x) -> bool:
+    """Whether ``x`` takes the plain form (:func:`_plain_forward`): on the GPU plan (fewest array operations,
+    each a launch there). The CPU plan keeps the tiled rows on every namespace: faster there on NumPy, torch
+    and array_api_strict alike (benchmarks/RESULTS.md)."""
+    return config.gpu_plan(x)
+
+
+class _PlainContext:
+    """What :func:`_plain_backward` needs: ``xhat`` (the normalised input, kept), ``inv_std`` and the weight
+    (None without affine) shaped to broadcast against it, and whether the batch statistics were used."""
+    __slots__ = ("xhat", "inv_std", "weight", "batch_stats")
+
+    def __init__(self, xhat, inv_std, weight, batch_stats: bool):
+        self.xhat, self.inv_std, self.weight, self.batch_stats = xhat, inv_std, weight, batch_stats
+
+
+def _axes(x) -> tuple[tuple[int, ...], bool]:
+    """The axes reduced (all but the channels') and whether sums keep them: ``(C,)`` vectors broadcast against
+    ``(N, C)`` as they are, against ``(N, C, ...)`` as ``(1, C, 1, ...)``."""
+    return (0,) + tuple(range(2, x.ndim)), x.ndim > 2
+
+
+def _plain_forward(xp, x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """:func:`batch_norm_forward` in the plain form: mean (sum, divide), centred variance (subtract, square, sum,
+    divide), ``xhat = centered * (var + eps) ** -0.5`` in place, ``y = xhat * weight + bias``; running statistics
+    in 3 operations each. About 20 operations, 5 passes over ``x``; ``xhat`` is kept for the backward."""
+    c = x.shape[1]
+    axes, keep = _axes(x)
+    shape = (1, c) + (1,) * (x.ndim - 2) if keep else (c,)  # per-channel values, broadcasting against x
+    col = (lambda v: xp.reshape(v, shape)) if keep else (lambda v: v)
+    vec = (lambda v: xp.reshape(v, (c,))) if keep else (lambda v: v)
+    count = math.prod(x.shape) // c
+    batch_stats = training and count > 0
+    if batch_stats:
+        total, count = distributed.batch_sum(xp.sum(x, axis=axes, keepdims=keep), count)  # the global batch's
+        if count < 2:
+            raise ValueError(f"batch_norm in training needs more than 1 value per channel, got input shape "
+                             f"{tuple(x.shape)}")
+        mean = total / count
+        xhat = x - mean
+        sumsq, _ = distributed.batch_sum(xp.sum(xhat * xhat, axis=axes, keepdims=keep), count)
+        inv_std = (sumsq / count + eps) ** -0.5
+        xhat *= inv_std
+        if running_mean is not None:
+            kept = 1 - momentum  # an operation where momentum is a 0-d array (the cumulative average)
+            running_mean = running_mean * kept + vec(mean) * momentum
+            running_var = running_var * kept + vec(sumsq) * (momentum / (count - 1))  # unbiased
+    elif training:  # an empty batch (as PyTorch): an empty output, running statistics as they are
+        xhat, inv_std = x, xp.ones(shape, dtype=x.dtype, device=device(x))
+    else:
+        inv_std = (col(running_var) + eps) ** -0.5
+        xhat = x - col(running_mean)
+        xhat *= inv_std
+    w = None if weight is None else col(weight)
+    if w is not None:
+        y = xhat * w
+        if bias is not None:
+            y += col(bias)
+    elif bias is not None:
+        y = xhat + col(bias)
+    else:  # a new array: the output may be written to, xhat is the backward's
+        y = xp.asarray(xhat, copy=True)
+    return y, running_mean, running_var, _PlainContext(xhat, inv_std, w, batch_stats)
+
+
+def _plain_backward(dy, ctx: _PlainContext):
+    """:func:`batch_norm_backward` in the plain form: ``sum(dy)``, ``sum(dy * xhat)``, and
+    ``dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))`` in 4 passes (batch statistics; else
+    ``dx = scale * dy``). About 12 operations."""
+    xp = array_namespace(dy)
+    axes, keep = _axes(dy)
+    c = dy.shape[1]
+    xhat, inv_std, w = ctx.xhat, ctx.inv_std, ctx.weight
+    scale = inv_std if w is None else w * inv_std
+    if not ctx.batch_stats and w is None:
+        return dy * scale, None, None
+    dbias = xp.sum(dy, axis=axes, keepdims=keep)
+    dweight = xp.sum(dy * xhat, axis=axes, keepdims=keep)  # this shard's part (the gradient allreduce adds them)
+    if ctx.batch_stats:
+        sum_dy, sum_dyx, count = _grad_sums(xp, dbias, dweight, math.prod(dy.shape) // c)
+        dx = dy - sum_dy / count
+        dx -= xhat * (sum_dyx / count)
+        dx *= scale
+    else:
+        dx = dy * scale
+    if w is None:
+        return dx, None, None
+    if keep:
+        dweight, dbias = xp.reshape(dweight, (c,)), xp.reshape(dbias, (c,))
+    return dx, dweight, dbias
+
+
+def _grad_sums(xp, sum_dy, sum_dyx, count: int):
+    """``(sum_dy, sum_dyx, count)`` of the global batch in this rank's scale (``distributed.batch_sum``): one
+    allreduce of both, concatenated only inside a sharded batch."""
+    if not distributed.batch_sharded():
+        return sum_dy, sum_dyx, count
+    axis = min(1, sum_dy.ndim - 1)  # the channels' axis
+    both, count = distributed.batch_sum(xp.concat([sum_dy, sum_dyx], axis=axis), count, gradient=True)
+    c = sum_dy.shape[axis]
+    head = (slice(None),) * axis
+    return both[head + (slice(0, c), ...)], both[head + (slice(c, 2 * c), ...)], count
