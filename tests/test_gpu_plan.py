@@ -72,7 +72,8 @@ def test_gpu_plan_matches_cpu_plan(key, plan):
 @pytest.mark.parametrize("key", ["numpy", "strict"])
 def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
     """Few channels (the CPU plan's width-blocked columns and banded input gradient), many channels at stride 1
-    (transposed) and stride 2 (polyphase): on the GPU plan all are im2col_nhwc + col2im, columns kept."""
+    (transposed) and stride 2 (polyphase): on the GPU plan all are im2col_nhwc, columns kept, and the input
+    gradient a transposed convolution at stride 1, else col2im."""
     env = make_env(key)
     cases = [((2, 1, 12, 12), (6, 1, 5, 5), 1, "im2col_blocked", "banded"),
              ((2, 16, 8, 8), (16, 16, 3, 3), 1, "im2col_nhwc", "transposed"),
@@ -87,7 +88,8 @@ def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
             results[name] = (env.get(y), env.get(dx), env.get(dw))
             layout, dx_path = ctx.algorithm, C.backward_algorithm(ctx)
             if name == "gpu":
-                assert (layout, dx_path) == ("im2col_nhwc", "im2col_nhwc") and ctx.cols is not None
+                gpu_dx = "transposed" if stride == 1 else "im2col_nhwc"
+                assert (layout, dx_path) == ("im2col_nhwc", gpu_dx) and ctx.cols is not None
             elif key == "numpy" or cpu_layout == "im2col_nhwc":
                 assert (layout, dx_path) == (cpu_layout, cpu_dx)
         for a, b in zip(results["gpu"], results["cpu"]):
@@ -111,9 +113,12 @@ def test_gpu_plan_turns_off_numpy_kernels_and_threads(plan):
 @pytest.mark.parametrize("geometry", [dict(kernel=(3, 2), stride=(2, 1), padding=1, dilation=2),
                                       dict(kernel=(5, 5), stride=1, padding=2, dilation=1),
                                       dict(kernel=(2, 3), stride=(1, 3), padding=0, dilation=(1, 2)),
-                                      dict(kernel=(1, 3), stride=1, padding=(0, 1), dilation=1)])
+                                      dict(kernel=(1, 3), stride=1, padding=(0, 1), dilation=1),
+                                      dict(kernel=(3, 2), stride=1, padding=(1, 0), dilation=(2, 1)),
+                                      dict(kernel=(1, 3), stride=1, padding=1, dilation=1)])
 def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rng):
-    """The plain path's separable im2col and col2im (kh + kw copies and adds) on odd geometries, in one chunk
+    """The plain path's separable im2col and col2im (kh + kw copies and adds) or transposed input gradient (stride
+    1) on odd geometries, in one chunk
     and one sample per chunk (a tiny workspace limit), against the loop reference."""
     import reference as ref
     from xpcnn.functional._util import pair
@@ -133,7 +138,10 @@ def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rn
             dx, dw, _ = C.conv2d_backward(env.put(g0), ctx)
         finally:
             config.set_workspace_limit(None)
-        assert ctx.algorithm == "im2col_nhwc" and C.backward_algorithm(ctx) == "im2col_nhwc"
+        within = all(p <= d * (k - 1) for p, d, k in zip(pads, (dil[0], dil[0], dil[1], dil[1]),
+                                                          2 * geometry["kernel"][:1] + 2 * geometry["kernel"][1:]))
+        gpu_dx = "transposed" if stride == (1, 1) and within else "im2col_nhwc"  # else padding beyond the kernel
+        assert ctx.algorithm == "im2col_nhwc" and C.backward_algorithm(ctx) == gpu_dx
         assert (ctx.nb < 5) == (limit is not None)
         assert_close(env.get(y), y_ref, env.tol, f"forward {geometry}")
         assert_close(env.get(dx), dx_ref, env.tol, f"dx {geometry}")

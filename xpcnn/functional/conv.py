@@ -208,18 +208,22 @@ def _workspace(xp, role: str, shape, dtype, dev):
     return buf
 
 
-def _im2col_separable(xh, n0: int, m: int, pbuf, rbuf, col, pads, stride, dilation):
-    """As :func:`_im2col_nhwc`, in kh + kw copies: samples ``n0:n0+m`` of ``xh (N, H, W, C)`` into the
-    zero-bordered ``pbuf (nb, Hp, Wp, C)``, its kh row windows into ``rbuf (nb, oh, Wp, kh, C)``, their kw column
-    windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows ``(m*oh*ow, kh*kw*C)``."""
+def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation):
+    """As :func:`_im2col_nhwc`, in kh + kw copies: the kh row windows of samples ``n0:n0+m`` of ``xh (N, H, W, C)``
+    into the zero-bordered ``rbuf (nb, oh, Wp, kh, C)`` (each the rows of the input it reaches: no padded copy;
+    what falls in the padding is zero from the buffer's allocation and never written, so ``rbuf`` is kept per
+    geometry), their kw column windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows
+    ``(m*oh*ow, kh*kw*C)``."""
     xp = array_namespace(xh)
     nb, oh, ow, kh, kw, c = col.shape
     h, w = xh.shape[1], xh.shape[2]
     b = slice(None) if m == nb else slice(0, m)
-    pbuf[b, pads[0]:pads[0] + h, pads[2]:pads[2] + w, :] = xh[n0:n0 + m, ...]
+    src = slice(None) if n0 == 0 and m == xh.shape[0] else slice(n0, n0 + m)
+    inside = slice(pads[2], pads[2] + w)
     for i in range(kh):
-        r0 = i * dilation[0]
-        rbuf[b, :, :, i, :] = pbuf[b, r0:r0 + stride[0] * (oh - 1) + 1:stride[0], :, :]
+        lo, hi, r0 = _clip(oh, i * dilation[0], pads[0], stride[0], h)
+        if hi > lo:
+            rbuf[b, lo:hi, inside, i, :] = xh[src, r0:r0 + stride[0] * (hi - lo - 1) + 1:stride[0], :, :]
     for j in range(kw):
         c0 = j * dilation[1]
         col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
@@ -459,12 +463,11 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
             pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
             return lambda n0, n1: fast(xh, n0, n1, pbuf, col, pads, stride, dilation)
-        if _separable(x, (kh, kw)):  # the padded input and its row windows in buffers kept from call to call
-            padded = (nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c)
-            pbuf = _workspace(xp, f"padded {pads}", padded, x.dtype, dev)
-            rbuf = _workspace(xp, "rows", (nb, oh, pbuf.shape[2], kh, c), x.dtype, dev)
+        if _separable(x, (kh, kw)):  # the row windows in a buffer kept from call to call (per geometry)
+            rows = (nb, oh, w + pads[2] + pads[3], kh, c)
+            rbuf = _workspace(xp, f"rows {pads} {stride} {dilation}", rows, x.dtype, dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, pbuf, rbuf, col, pads, stride, dilation)
+            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation)
         offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
         return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
@@ -656,8 +659,8 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     stride, dilation, pads, oh, ow = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     n, f = x.shape[0], weight.shape[0]
     y, wk, algorithm, block, nb, cached = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
-    if bias is not None:
-        y = add_rows_bias(xp, y, bias, ow)
+    if bias is not None:  # on the plain path one broadcast add (fewest operations)
+        y = add_rows_bias(xp, y, bias, 1 if _plain(x) else ow)
     y = xp.reshape(y, (n, oh, ow, f))
     ctx = ConvContext(x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None,
                       block)
@@ -677,8 +680,8 @@ def _use_transposed(ctx) -> bool:
     """Input gradient as a transposed convolution? Stride 1, groups 1, padding within the dilated kernel; under
     "auto" only after a channels-innermost forward (measured faster there, see the module docstring)."""
     algo = config.get_conv_algorithm()
-    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1) or _plain(ctx.x):
-        return False  # another path is forced, or the plain one planned
+    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1):
+        return False  # another path is forced
     if _transposed_pads(ctx.pads, ctx.weight.shape[2:], ctx.dilation) is None:
         return False
     return algo == "transposed" or ctx.algorithm == "im2col_nhwc"
@@ -837,7 +840,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         db = xp.zeros((f,), dtype=dy.dtype, device=dev) if has_bias else None
         return (empty_nchw(xp, (0, c, h, w), dy.dtype, dev) if need_dx else None), dw, db
     dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
-    db = rows_sum(xp, dyh, ow) if has_bias else None
+    db = rows_sum(xp, dyh, 1 if _plain(x) else ow) if has_bias else None  # plain: one sum
     dx_algorithm = backward_algorithm(ctx) if need_dx else None
     by_convolution = dx_algorithm in ("transposed", "polyphase")  # dx as forward convolutions of dY, after dW
     need_dcol = need_dx and not by_convolution
@@ -858,7 +861,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     blocked = algorithm == "im2col_blocked"
     if blocked and need_dcol and not banded:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
-    wkt = xp.matrix_transpose(wk)
+    wkt = xp.matrix_transpose(wk) if need_dcol and not banded else None
 
     def shard(a: int, b: int):
         """dW of samples ``a:b`` (and their dx, written into ``dx``), chunk by chunk."""
