@@ -1,6 +1,8 @@
 """The GPU plan (xpcnn.config.set_plan / XPCNN_PLAN) on CPU backends: the path CuPy runs, with the same results."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -159,3 +161,37 @@ def test_kept_padded_buffers_are_not_shared_by_other_paddings(plan, rng):
             x0 = rng.standard_normal((2, 3, size, size))
             y = C.conv2d_forward(x0, w0, None, 1, pad)[0]
             assert_close(np.asarray(y), ref.conv2d_forward(x0, w0, None, (1, 1), (pad,) * 4), 1e-12, f"pad {pad}")
+
+
+@pytest.mark.parametrize("options", [dict(kernel_size=3, padding=1), dict(kernel_size=(3, 2), padding=(2, 1),
+                                                                           dilation=(1, 2), bias=False),
+                                     dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1),
+                                     dict(kernel_size=3, padding=1, padding_mode="reflect"),
+                                     dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))])
+def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, plan, rng):
+    """Conv2d on the GPU plan (tensordot with the weight as it lies, columns (P, kh, kw, C); transposed input
+    gradient at stride 1): output, input gradient, weight and bias gradients, with and without the input
+    gradient, as on the CPU plan, on every backend."""
+    x0 = rng.standard_normal((3, 5, 7, 6))
+    results = {}
+    for name in ("cpu", "gpu"):
+        plan(name)
+        layer = xpcnn.Sequential(xpcnn.Conv2d(5, 4, **options), backend=env.backend, seed=2)
+        conv = layer.layers[0]
+        y = layer(env.put(x0))
+        g = env.put(np.linspace(-1, 1, math.prod(y.shape)).reshape(tuple(y.shape)))
+        dx = conv.backward(g)
+        grads = [env.get(p.grad) for p in conv.parameters()]
+        for p in conv.parameters():
+            p.grad = p.grad * 0
+        assert conv.backward(g, need_dx=False) is None
+        assert all(np.array_equal(a, env.get(p.grad)) for a, p in zip(grads, conv.parameters()))
+        results[name] = [env.get(y), env.get(dx)] + grads
+        if name == "gpu":
+            ctx = conv._ctx
+            assert ctx.algorithm == "im2col_nhwc" and ctx.wk is None and ctx.cols is not None
+            stride1 = options.get("stride", 1) == 1
+            assert C.backward_algorithm(ctx) == ("transposed" if stride1 else "im2col_nhwc")
+    assert len(results["gpu"]) == 3 + ("bias" not in options)
+    for k, (a, b) in enumerate(zip(results["gpu"], results["cpu"])):
+        assert_close(a, b, env.tol, f"{env.key} {options} result {k}")

@@ -168,9 +168,9 @@ def _im2col_kmajor(xpad, col, stride, dilation):
     return col if m == col.shape[4] else col[:, :, :, :, 0:m, :, :]
 
 
-def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
+def _im2col_nhwc(xh, n0: int, m: int, col, offsets, split: bool = False):
     """im2col of samples ``n0:n0+m`` of the channels-last ``xh (N, H, W, C)`` into ``col (nb, oh, ow, kh, kw, C)``
-    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)``.
+    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)`` (``split``: ``(m*oh*ow, kh, kw, C)``).
 
     No padded copy of the input: each kernel offset copies only the window that lies inside the input
     (:func:`_fold_offsets`); the rest of ``col`` is padding, zero from its allocation and never written.
@@ -179,7 +179,7 @@ def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
     for i, j, rows, cols, in_rows, in_cols in offsets:
         col[0:m, rows, cols, i, j, :] = xh[n0:n0 + m, in_rows, in_cols, :]
     nb, oh, ow, kh, kw, c = col.shape
-    return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow, kh * kw * c))
+    return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow,) + ((kh, kw, c) if split else (kh * kw * c,)))
 
 
 def _separable(x, kernel) -> bool:
@@ -208,12 +208,12 @@ def _workspace(xp, role: str, shape, dtype, dev):
     return buf
 
 
-def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation):
+def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, split: bool = False):
     """As :func:`_im2col_nhwc`, in kh + kw copies: the kh row windows of samples ``n0:n0+m`` of ``xh (N, H, W, C)``
     into the zero-bordered ``rbuf (nb, oh, Wp, kh, C)`` (each the rows of the input it reaches: no padded copy;
     what falls in the padding is zero from the buffer's allocation and never written, so ``rbuf`` is kept per
     geometry), their kw column windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows
-    ``(m*oh*ow, kh*kw*C)``."""
+    ``(m*oh*ow, kh*kw*C)`` (``split``: ``(m*oh*ow, kh, kw, C)``)."""
     xp = array_namespace(xh)
     nb, oh, ow, kh, kw, c = col.shape
     h, w = xh.shape[1], xh.shape[2]
@@ -227,7 +227,7 @@ def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation):
     for j in range(kw):
         c0 = j * dilation[1]
         col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
-    return xp.reshape(col if m == nb else col[b, ...], (m * oh * ow, kh * kw * c))
+    return xp.reshape(col if m == nb else col[b, ...], (m * oh * ow,) + ((kh, kw, c) if split else (kh * kw * c,)))
 
 
 def _col2im_separable(dcol, dx, n0, pads, stride, dilation):
@@ -439,16 +439,17 @@ def _im2col_blocked(xh, n0: int, n1: int, pbuf, col, pads, stride, dilation, blo
 
 
 def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int, oh: int, ow: int, nb: int,
-             block: int = 1):
+             block: int = 1, split: bool = False):
     """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
     ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(m*oh*ow/B, kh*span*C)`` for "im2col_blocked" (``block`` B),
-    ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next."""
+    ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next. ``split``
+    (:func:`_tensor_gemm`): "im2col_nhwc" rows as ``(m*oh*ow, kh, kw, C)``."""
     n, c, h, w = x.shape
     _, cg, kh, kw = w_shape
     dev = device(x)
     if algorithm == "im2col_nhwc" and _input_rows((kh, kw), stride, pads):
         xh = xp.permute_dims(x, (0, 2, 3, 1))  # a view of channels-last memory: no copy at all
-        return lambda n0, n1: xp.reshape(xh[n0:n1, ...], ((n1 - n0) * h * w, c))
+        return lambda n0, n1: xp.reshape(xh[n0:n1, ...], ((n1 - n0) * h * w,) + ((1, 1, c) if split else (c,)))
     if algorithm == "im2col_blocked":
         xh = xp.permute_dims(x, (0, 2, 3, 1))
         pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
@@ -467,10 +468,10 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
             rows = (nb, oh, w + pads[2] + pads[3], kh, c)
             rbuf = _workspace(xp, f"rows {pads} {stride} {dilation}", rows, x.dtype, dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation)
+            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation, split)
         offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-        return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
+        return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets, split)
     pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
     col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
     im2col = kernels.get("im2col_kmajor", xp) or _im2col_kmajor
@@ -503,9 +504,19 @@ def _column_values(layout: str, c: int, kernel, oh: int, ow: int, stride, dilati
     return oh * ow * kh * kw * c
 
 
-def _gemm(xp, cm, wk, layout: str, groups: int, f: int):
+def _tensor_gemm(x, layout: str) -> bool:
+    """The plain path's channels-innermost GEMMs as ``tensordot`` with the weight ``(F, C, kh, kw)`` as it lies
+    (:func:`_plain`): no reordered copy of the weight per step (in the forward and the transposed input
+    gradient), the weight gradient ``(F, kh, kw, C)`` seen ``(F, C, kh, kw)`` by one permutation."""
+    return layout == "im2col_nhwc" and _plain(x)
+
+
+def _gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None):
     """The columns ``cm`` of one chunk (as :func:`_columns` gives them) times the weight ``wk`` in the same
-    layout: the convolution as channels-last rows ``(m*oh*ow, F)``."""
+    layout: the convolution as channels-last rows ``(m*oh*ow, F)``. ``wk`` None (:func:`_tensor_gemm`): columns
+    ``(m*oh*ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies."""
+    if wk is None:
+        return xp.tensordot(cm, weight, axes=((1, 2, 3), (2, 3, 1)))
     if layout == "im2col":
         return _gemm_forward(xp, cm, wk, groups)
     y = cm @ wk
@@ -591,7 +602,7 @@ class ConvContext(NamedTuple):
     """What :func:`conv2d_forward` keeps for the backward pass."""
     x: Any
     weight: Any
-    wk: Any                 # the weight ordered as the columns: (kh*kw*C/G, F) rows, (G, K, F/G), or blocked
+    wk: Any                 # the weight ordered as the columns: (K, F) rows, (G, K, F/G), blocked; None: tensordot
     algorithm: str          # the forward's column layout: "im2col", "im2col_nhwc" or "im2col_blocked"
     cols: Any               # the forward's columns when column caching kept them, else None
     pads: tuple
@@ -627,22 +638,27 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     plain = _plain(x)
     layout, block = _column_layout(c, f, ow, groups, plain)
     blocked = layout == "im2col_blocked"
-    wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
+    split = _tensor_gemm(x, layout)
+    if split:
+        wk = None
+    else:
+        wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
     if n == 0:  # an empty batch (as PyTorch allows): an empty result
         return xp.empty((0, f), dtype=x.dtype, device=device(x)), wk, layout, block, 1, None
     values = _column_values(layout, c, (kh, kw), oh, ow, stride, dilation, block, pads)
     parts = _shards(xp, x, values)
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
-        cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)(0, n)
+        cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block, split)(0, n)
         keep = config.get_cache_columns() or plain
-        return _gemm(xp, cm, wk, layout, groups, f), wk, layout, block, nb, (cm if keep else None)
+        return _gemm(xp, cm, wk, layout, groups, f, weight), wk, layout, block, nb, (cm if keep else None)
     y = xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
 
     def shard(a: int, b: int) -> None:
-        columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)
+        columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block,
+                           split)
         for n0, n1 in _chunks(a, b, nb):
-            y[n0 * oh * ow:n1 * oh * ow, :] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f)
+            y[n0 * oh * ow:n1 * oh * ow, :] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight)
     parallel.run(shard, parts)
     return y, wk, layout, block, nb, None
 
@@ -859,7 +875,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     else:
         dx = None
     blocked = algorithm == "im2col_blocked"
-    if blocked and need_dcol and not banded:  # dcol unblocked: the plain weight
+    split = wk is None and algorithm == "im2col_nhwc"  # columns (P, kh, kw, C), tensordot (_tensor_gemm)
+    if (blocked or split) and need_dcol and not banded:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
     wkt = xp.matrix_transpose(wk) if need_dcol and not banded else None
 
@@ -867,13 +884,15 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         """dW of samples ``a:b`` (and their dx, written into ``dx``), chunk by chunk."""
         if cached is None:
             columns = _columns(xp, x[a:b, ...], weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb,
-                               block)
+                               block, split)
         dwk = None
         for n0, n1 in _chunks(a, b, nb):
             m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
             cm = columns(n0 - a, n1 - a) if cached is None else cached
             dym = dyh[p0:p1, :]
-            if blocked:
+            if split:
+                part = xp.tensordot(dym, cm, axes=((0,), (0,)))  # (F, kh, kw, C)
+            elif blocked:
                 part = _long_matmul(xp, xp.matrix_transpose(cm), xp.reshape(dym, ((p1 - p0) // block, block * f)))
             elif algorithm == "im2col_nhwc":
                 part = _long_matmul(xp, xp.matrix_transpose(cm), dym)  # (K, F)
@@ -907,7 +926,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dwk = dwk + part
     if blocked:
         dwk = _unblock_weight_grad(xp, dwk, weight.shape, block, stride, dilation)
-    if g == 1:
+    if split:
+        dw = xp.permute_dims(dwk, (0, 3, 1, 2))
+    elif g == 1:
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
