@@ -168,14 +168,17 @@ def test_kept_padded_buffers_are_not_shared_by_other_paddings(plan, rng):
                                      dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1),
                                      dict(kernel_size=3, padding=1, padding_mode="reflect"),
                                      dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))])
-def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, plan, rng):
-    """Conv2d on the GPU plan (tensordot with the weight as it lies, columns (P, kh, kw, C); transposed input
-    gradient at stride 1): output, input gradient, weight and bias gradients, with and without the input
-    gradient, as on the CPU plan, on every backend."""
+@pytest.mark.parametrize("limit", [None, 1])
+def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, plan, rng, request):
+    """Conv2d on the GPU plan (tensordot with the weight as it lies, columns (m, oh, ow, kh, kw, C); transposed
+    input gradient at stride 1): output, input gradient, weight and bias gradients, with and without the input
+    gradient, as on the CPU plan, on every backend; in one chunk and one sample a chunk (``limit`` 1 byte)."""
     x0 = rng.standard_normal((3, 5, 7, 6))
     results = {}
+    request.addfinalizer(lambda: config.set_workspace_limit(None))
     for name in ("cpu", "gpu"):
         plan(name)
+        config.set_workspace_limit(limit if name == "gpu" else None)
         layer = xpcnn.Sequential(xpcnn.Conv2d(5, 4, **options), backend=env.backend, seed=2)
         conv = layer.layers[0]
         y = layer(env.put(x0))
@@ -187,9 +190,10 @@ def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, plan, rng):
         assert conv.backward(g, need_dx=False) is None
         assert all(np.array_equal(a, env.get(p.grad)) for a, p in zip(grads, conv.parameters()))
         results[name] = [env.get(y), env.get(dx)] + grads
+        config.set_workspace_limit(None)
         if name == "gpu":
             ctx = conv._ctx
-            assert ctx.algorithm == "im2col_nhwc" and ctx.wk is None and ctx.cols is not None
+            assert ctx.algorithm == "im2col_nhwc" and ctx.wk is None and (ctx.cols is None) == (limit is not None)
             stride1 = options.get("stride", 1) == 1
             assert C.backward_algorithm(ctx) == ("transposed" if stride1 else "im2col_nhwc")
     assert len(results["gpu"]) == 3 + ("bias" not in options)

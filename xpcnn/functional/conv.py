@@ -170,7 +170,7 @@ def _im2col_kmajor(xpad, col, stride, dilation):
 
 def _im2col_nhwc(xh, n0: int, m: int, col, offsets, split: bool = False):
     """im2col of samples ``n0:n0+m`` of the channels-last ``xh (N, H, W, C)`` into ``col (nb, oh, ow, kh, kw, C)``
-    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)`` (``split``: ``(m*oh*ow, kh, kw, C)``).
+    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)`` (``split``: as they lie, 6-D).
 
     No padded copy of the input: each kernel offset copies only the window that lies inside the input
     (:func:`_fold_offsets`); the rest of ``col`` is padding, zero from its allocation and never written.
@@ -179,7 +179,8 @@ def _im2col_nhwc(xh, n0: int, m: int, col, offsets, split: bool = False):
     for i, j, rows, cols, in_rows, in_cols in offsets:
         col[0:m, rows, cols, i, j, :] = xh[n0:n0 + m, in_rows, in_cols, :]
     nb, oh, ow, kh, kw, c = col.shape
-    return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow,) + ((kh, kw, c) if split else (kh * kw * c,)))
+    out = col[0:m, ...] if m < nb else col
+    return out if split else xp.reshape(out, (m * oh * ow, kh * kw * c))
 
 
 def _separable(x, kernel) -> bool:
@@ -213,7 +214,7 @@ def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, sp
     into the zero-bordered ``rbuf (nb, oh, Wp, kh, C)`` (each the rows of the input it reaches: no padded copy;
     what falls in the padding is zero from the buffer's allocation and never written, so ``rbuf`` is kept per
     geometry), their kw column windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows
-    ``(m*oh*ow, kh*kw*C)`` (``split``: ``(m*oh*ow, kh, kw, C)``)."""
+    ``(m*oh*ow, kh*kw*C)`` (``split``: ``col`` as it lies, 6-D)."""
     xp = array_namespace(xh)
     nb, oh, ow, kh, kw, c = col.shape
     h, w = xh.shape[1], xh.shape[2]
@@ -227,7 +228,8 @@ def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, sp
     for j in range(kw):
         c0 = j * dilation[1]
         col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
-    return xp.reshape(col if m == nb else col[b, ...], (m * oh * ow,) + ((kh, kw, c) if split else (kh * kw * c,)))
+    out = col if m == nb else col[b, ...]
+    return out if split else xp.reshape(out, (m * oh * ow, kh * kw * c))
 
 
 def _col2im_separable(dcol, dx, n0, pads, stride, dilation):
@@ -443,13 +445,15 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
     """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
     ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(m*oh*ow/B, kh*span*C)`` for "im2col_blocked" (``block`` B),
     ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next. ``split``
-    (:func:`_tensor_gemm`): "im2col_nhwc" rows as ``(m*oh*ow, kh, kw, C)``."""
+    (:func:`_tensor_gemm`): "im2col_nhwc" columns 6-D, ``(m, oh, ow, kh, kw, C)``."""
     n, c, h, w = x.shape
     _, cg, kh, kw = w_shape
     dev = device(x)
     if algorithm == "im2col_nhwc" and _input_rows((kh, kw), stride, pads):
         xh = xp.permute_dims(x, (0, 2, 3, 1))  # a view of channels-last memory: no copy at all
-        return lambda n0, n1: xp.reshape(xh[n0:n1, ...], ((n1 - n0) * h * w,) + ((1, 1, c) if split else (c,)))
+        if split:
+            return lambda n0, n1: xp.reshape(xh if n1 - n0 == n else xh[n0:n1, ...], (n1 - n0, h, w, 1, 1, c))
+        return lambda n0, n1: xp.reshape(xh[n0:n1, ...], ((n1 - n0) * h * w, c))
     if algorithm == "im2col_blocked":
         xh = xp.permute_dims(x, (0, 2, 3, 1))
         pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
@@ -507,16 +511,18 @@ def _column_values(layout: str, c: int, kernel, oh: int, ow: int, stride, dilati
 def _tensor_gemm(x, layout: str) -> bool:
     """The plain path's channels-innermost GEMMs as ``tensordot`` with the weight ``(F, C, kh, kw)`` as it lies
     (:func:`_plain`): no reordered copy of the weight per step (in the forward and the transposed input
-    gradient), the weight gradient ``(F, kh, kw, C)`` seen ``(F, C, kh, kw)`` by one permutation."""
+    gradient), on the columns as they lie ``(m, oh, ow, kh, kw, C)`` (no reshape): the result ``(m, oh, ow, F)``,
+    the weight gradient ``(F, kh, kw, C)`` straight from ``dY`` (NCHW) and seen ``(F, C, kh, kw)`` by one
+    permutation."""
     return layout == "im2col_nhwc" and _plain(x)
 
 
 def _gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None):
     """The columns ``cm`` of one chunk (as :func:`_columns` gives them) times the weight ``wk`` in the same
     layout: the convolution as channels-last rows ``(m*oh*ow, F)``. ``wk`` None (:func:`_tensor_gemm`): columns
-    ``(m*oh*ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies."""
+    ``(m, oh, ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies, ``(m, oh, ow, F)``."""
     if wk is None:
-        return xp.tensordot(cm, weight, axes=((1, 2, 3), (2, 3, 1)))
+        return xp.tensordot(cm, weight, axes=((3, 4, 5), (2, 3, 1)))
     if layout == "im2col":
         return _gemm_forward(xp, cm, wk, groups)
     y = cm @ wk
@@ -652,13 +658,14 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
         cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block, split)(0, n)
         keep = config.get_cache_columns() or plain
         return _gemm(xp, cm, wk, layout, groups, f, weight), wk, layout, block, nb, (cm if keep else None)
-    y = xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
+    y = xp.empty((n, oh, ow, f) if split else (n * oh * ow, f), dtype=x.dtype, device=device(x))
 
     def shard(a: int, b: int) -> None:
         columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block,
                            split)
         for n0, n1 in _chunks(a, b, nb):
-            y[n0 * oh * ow:n1 * oh * ow, :] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight)
+            rows = (slice(n0, n1), Ellipsis) if split else (slice(n0 * oh * ow, n1 * oh * ow), slice(None))
+            y[rows] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight)
     parallel.run(shard, parts)
     return y, wk, layout, block, nb, None
 
@@ -675,9 +682,12 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     stride, dilation, pads, oh, ow = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     n, f = x.shape[0], weight.shape[0]
     y, wk, algorithm, block, nb, cached = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
-    if bias is not None:  # on the plain path one broadcast add (fewest operations)
-        y = add_rows_bias(xp, y, bias, 1 if _plain(x) else ow)
-    y = xp.reshape(y, (n, oh, ow, f))
+    if bias is not None and y.ndim == 4:  # (N, oh, ow, F) from tensordot (_tensor_gemm): one broadcast add
+        y += bias
+    elif bias is not None:
+        y = add_rows_bias(xp, y, bias, ow)
+    if y.ndim != 4:
+        y = xp.reshape(y, (n, oh, ow, f))
     ctx = ConvContext(x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None,
                       block)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
@@ -712,7 +722,7 @@ def _transposed_dx(xp, dy, ctx):
     wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
     pads = _transposed_pads(ctx.pads, weight.shape[2:], ctx.dilation)
     rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
-    return xp.permute_dims(xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
+    return xp.permute_dims(rows if rows.ndim == 4 else xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
 
 
 def _use_polyphase(ctx) -> bool:
@@ -855,11 +865,16 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.zeros(weight.shape, dtype=dy.dtype, device=dev)
         db = xp.zeros((f,), dtype=dy.dtype, device=dev) if has_bias else None
         return (empty_nchw(xp, (0, c, h, w), dy.dtype, dev) if need_dx else None), dw, db
-    dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
-    db = rows_sum(xp, dyh, 1 if _plain(x) else ow) if has_bias else None  # plain: one sum
     dx_algorithm = backward_algorithm(ctx) if need_dx else None
     by_convolution = dx_algorithm in ("transposed", "polyphase")  # dx as forward convolutions of dY, after dW
     need_dcol = need_dx and not by_convolution
+    split = wk is None and algorithm == "im2col_nhwc"  # 6-D columns, tensordot with dY itself (_tensor_gemm)
+    if not split or need_dcol:
+        dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
+    if has_bias:
+        db = xp.sum(dy, axis=(0, 2, 3)) if split else rows_sum(xp, dyh, ow)
+    else:
+        db = None
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads)
@@ -875,7 +890,6 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     else:
         dx = None
     blocked = algorithm == "im2col_blocked"
-    split = wk is None and algorithm == "im2col_nhwc"  # columns (P, kh, kw, C), tensordot (_tensor_gemm)
     if (blocked or split) and need_dcol and not banded:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
     wkt = xp.matrix_transpose(wk) if need_dcol and not banded else None
@@ -889,9 +903,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         for n0, n1 in _chunks(a, b, nb):
             m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
             cm = columns(n0 - a, n1 - a) if cached is None else cached
-            dym = dyh[p0:p1, :]
-            if split:
-                part = xp.tensordot(dym, cm, axes=((0,), (0,)))  # (F, kh, kw, C)
+            dym = dyh[p0:p1, :] if not split or need_dcol else None
+            if split:  # (F, kh, kw, C)
+                part = xp.tensordot(dy if m == n else dy[n0:n1, ...], cm, axes=((0, 2, 3), (0, 1, 2)))
             elif blocked:
                 part = _long_matmul(xp, xp.matrix_transpose(cm), xp.reshape(dym, ((p1 - p0) // block, block * f)))
             elif algorithm == "im2col_nhwc":
