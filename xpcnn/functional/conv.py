@@ -105,8 +105,9 @@ def cache_sized(a) -> bool:
 
 
 def _plain(a) -> bool:
-    """The plain convolution (channels-innermost im2col, one GEMM, col2im; the forward's columns kept for the
-    backward where one chunk holds the batch) in place of the CPU-fitted choices: the GPU plan
+    """The plain convolution (channels-innermost im2col, one GEMM by :func:`_tensor_gemm`, the input gradient
+    a transposed convolution at stride 1, else col2im; the forward's columns kept for the backward where one
+    chunk holds the batch) in place of the CPU-fitted choices: the GPU plan
     (:func:`xpcnn.config.gpu_plan`) under the "auto" algorithm. Fewest array operations: on a GPU each is a
     launch, and the CPU choices were fitted to a CPU's caches and BLAS."""
     return config.get_conv_algorithm() == "auto" and config.gpu_plan(a)
