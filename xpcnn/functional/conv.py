@@ -210,12 +210,14 @@ def _workspace(xp, role: str, shape, dtype, dev):
     return buf
 
 
-def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, split: bool = False):
+def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, split: bool = False,
+                      reverse: bool = False):
     """As :func:`_im2col_nhwc`, in kh + kw copies: the kh row windows of samples ``n0:n0+m`` of ``xh (N, H, W, C)``
     into the zero-bordered ``rbuf (nb, oh, Wp, kh, C)`` (each the rows of the input it reaches: no padded copy;
     what falls in the padding is zero from the buffer's allocation and never written, so ``rbuf`` is kept per
     geometry), their kw column windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows
-    ``(m*oh*ow, kh*kw*C)`` (``split``: ``col`` as it lies, 6-D)."""
+    ``(m*oh*ow, kh*kw*C)`` (``split``: ``col`` as it lies, 6-D). ``reverse``: slot ``(i, j)`` holds the window
+    of offset ``(kh-1-i, kw-1-j)`` (the spatially flipped kernel's columns)."""
     xp = array_namespace(xh)
     nb, oh, ow, kh, kw, c = col.shape
     h, w = xh.shape[1], xh.shape[2]
@@ -223,11 +225,11 @@ def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, sp
     src = slice(None) if n0 == 0 and m == xh.shape[0] else slice(n0, n0 + m)
     inside = slice(pads[2], pads[2] + w)
     for i in range(kh):
-        lo, hi, r0 = _clip(oh, i * dilation[0], pads[0], stride[0], h)
+        lo, hi, r0 = _clip(oh, (kh - 1 - i if reverse else i) * dilation[0], pads[0], stride[0], h)
         if hi > lo:
             rbuf[b, lo:hi, inside, i, :] = xh[src, r0:r0 + stride[0] * (hi - lo - 1) + 1:stride[0], :, :]
     for j in range(kw):
-        c0 = j * dilation[1]
+        c0 = (kw - 1 - j if reverse else j) * dilation[1]
         col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
     out = col if m == nb else col[b, ...]
     return out if split else xp.reshape(out, (m * oh * ow, kh * kw * c))
@@ -442,11 +444,12 @@ def _im2col_blocked(xh, n0: int, n1: int, pbuf, col, pads, stride, dilation, blo
 
 
 def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int, oh: int, ow: int, nb: int,
-             block: int = 1, split: bool = False):
+             block: int = 1, split: bool = False, reverse: bool = False):
     """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
     ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(m*oh*ow/B, kh*span*C)`` for "im2col_blocked" (``block`` B),
     ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next. ``split``
-    (:func:`_tensor_gemm`): "im2col_nhwc" columns 6-D, ``(m, oh, ow, kh, kw, C)``."""
+    (:func:`_tensor_gemm`): "im2col_nhwc" columns 6-D, ``(m, oh, ow, kh, kw, C)``; ``reverse`` (with ``split``):
+    the kernel offsets in reverse order (:func:`_im2col_separable`)."""
     n, c, h, w = x.shape
     _, cg, kh, kw = w_shape
     dev = device(x)
@@ -471,10 +474,12 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
             return lambda n0, n1: fast(xh, n0, n1, pbuf, col, pads, stride, dilation)
         if _separable(x, (kh, kw)):  # the row windows in a buffer kept from call to call (per geometry)
             rows = (nb, oh, w + pads[2] + pads[3], kh, c)
-            rbuf = _workspace(xp, f"rows {pads} {stride} {dilation}", rows, x.dtype, dev)
+            rbuf = _workspace(xp, f"rows {pads} {stride} {dilation} {reverse}", rows, x.dtype, dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation, split)
-        offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
+            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation, split,
+                                                    reverse)
+        offsets = [(kh - 1 - o[0], kw - 1 - o[1]) + o[2:] if reverse else o
+                   for o in _fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation)]
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
         return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets, split)
     pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
@@ -518,12 +523,13 @@ def _tensor_gemm(x, layout: str) -> bool:
     return layout == "im2col_nhwc" and _plain(x)
 
 
-def _gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None):
+def _gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None, channel_axis: int = 1):
     """The columns ``cm`` of one chunk (as :func:`_columns` gives them) times the weight ``wk`` in the same
     layout: the convolution as channels-last rows ``(m*oh*ow, F)``. ``wk`` None (:func:`_tensor_gemm`): columns
-    ``(m, oh, ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies, ``(m, oh, ow, F)``."""
+    ``(m, oh, ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies, ``(m, oh, ow, F)``
+    (``channel_axis`` 0: the weight ``(C, F, kh, kw)``, the transposed convolution's)."""
     if wk is None:
-        return xp.tensordot(cm, weight, axes=((3, 4, 5), (2, 3, 1)))
+        return xp.tensordot(cm, weight, axes=((3, 4, 5), (2, 3, channel_axis)))
     if layout == "im2col":
         return _gemm_forward(xp, cm, wk, groups)
     y = cm @ wk
@@ -634,18 +640,25 @@ def _shards(xp, x, sample_values: int) -> list:
     return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
 
 
-def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int):
+def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int, flipped: bool = False):
     """The convolution as channels-last rows ``(N*oh*ow, F)``, without bias; returns ``(rows, wk, layout, block,
     nb, cols)``: the weight as ordered for the columns, the column layout and its width block, samples per
     chunk, and the columns of the
     batch when column caching is on and one chunk holds it (else None). Batch shards run on the
-    :mod:`~xpcnn.parallel` workers, each with its own column buffer."""
+    :mod:`~xpcnn.parallel` workers, each with its own column buffer. ``flipped`` (the plain path,
+    :func:`_tensor_gemm`, groups 1): convolve with ``weight (C, F, kh, kw)`` flipped in space and its channel
+    axes swapped, by columns in reversed offset order (no flipped copy of the weight)."""
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
+    if flipped:
+        f, cg = cg, f
     plain = _plain(x)
     layout, block = _column_layout(c, f, ow, groups, plain)
     blocked = layout == "im2col_blocked"
     split = _tensor_gemm(x, layout)
+    if flipped and not (split and groups == 1):
+        raise ValueError("flipped weights need the plain path's tensordot (_tensor_gemm)")
+    w_shape, axis = (f, cg, kh, kw), 0 if flipped else 1
     if split:
         wk = None
     else:
@@ -656,17 +669,17 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     parts = _shards(xp, x, values)
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
-        cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block, split)(0, n)
+        cm = _columns(xp, x, w_shape, layout, pads, stride, dilation, groups, oh, ow, nb, block, split, flipped)(0, n)
         keep = config.get_cache_columns() or plain
-        return _gemm(xp, cm, wk, layout, groups, f, weight), wk, layout, block, nb, (cm if keep else None)
+        return _gemm(xp, cm, wk, layout, groups, f, weight, axis), wk, layout, block, nb, (cm if keep else None)
     y = xp.empty((n, oh, ow, f) if split else (n * oh * ow, f), dtype=x.dtype, device=device(x))
 
     def shard(a: int, b: int) -> None:
-        columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block,
-                           split)
+        columns = _columns(xp, x[a:b, ...], w_shape, layout, pads, stride, dilation, groups, oh, ow, nb, block,
+                           split, flipped)
         for n0, n1 in _chunks(a, b, nb):
             rows = (slice(n0, n1), Ellipsis) if split else (slice(n0 * oh * ow, n1 * oh * ow), slice(None))
-            y[rows] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight)
+            y[rows] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight, axis)
     parallel.run(shard, parts)
     return y, wk, layout, block, nb, None
 
@@ -720,9 +733,12 @@ def _transposed_dx(xp, dy, ctx):
     the forward). Channels-last ``(N, C, H, W)`` view."""
     x, weight = ctx.x, ctx.weight
     n, c, h, w = x.shape
-    wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
     pads = _transposed_pads(ctx.pads, weight.shape[2:], ctx.dilation)
-    rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
+    if _plain(dy):  # the flip and the swap in the columns' order and the contraction's axes (_forward_rows)
+        rows = _forward_rows(xp, dy, weight, pads, (1, 1), ctx.dilation, 1, h, w, flipped=True)[0]
+    else:
+        wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
+        rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
     return xp.permute_dims(rows if rows.ndim == 4 else xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
 
 
