@@ -1,6 +1,8 @@
 """The GPU plan (xpcnn.config.set_plan / XPCNN_PLAN) on CPU backends: the path CuPy runs, with the same results."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,8 @@ def test_gpu_plan_matches_cpu_plan(key, plan):
 @pytest.mark.parametrize("key", ["numpy", "strict"])
 def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
     """Few channels (the CPU plan's width-blocked columns and banded input gradient), many channels at stride 1
-    (transposed) and stride 2 (polyphase): on the GPU plan all are im2col_nhwc + col2im, columns kept."""
+    (transposed) and stride 2 (polyphase): on the GPU plan all are im2col_nhwc, columns kept, and the input
+    gradient a transposed convolution at stride 1, else col2im."""
     env = make_env(key)
     cases = [((2, 1, 12, 12), (6, 1, 5, 5), 1, "im2col_blocked", "banded"),
              ((2, 16, 8, 8), (16, 16, 3, 3), 1, "im2col_nhwc", "transposed"),
@@ -87,7 +90,8 @@ def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
             results[name] = (env.get(y), env.get(dx), env.get(dw))
             layout, dx_path = ctx.algorithm, C.backward_algorithm(ctx)
             if name == "gpu":
-                assert (layout, dx_path) == ("im2col_nhwc", "im2col_nhwc") and ctx.cols is not None
+                gpu_dx = "transposed" if stride == 1 else "im2col_nhwc"
+                assert (layout, dx_path) == ("im2col_nhwc", gpu_dx) and ctx.cols is not None
             elif key == "numpy" or cpu_layout == "im2col_nhwc":
                 assert (layout, dx_path) == (cpu_layout, cpu_dx)
         for a, b in zip(results["gpu"], results["cpu"]):
@@ -111,9 +115,12 @@ def test_gpu_plan_turns_off_numpy_kernels_and_threads(plan):
 @pytest.mark.parametrize("geometry", [dict(kernel=(3, 2), stride=(2, 1), padding=1, dilation=2),
                                       dict(kernel=(5, 5), stride=1, padding=2, dilation=1),
                                       dict(kernel=(2, 3), stride=(1, 3), padding=0, dilation=(1, 2)),
-                                      dict(kernel=(1, 3), stride=1, padding=(0, 1), dilation=1)])
+                                      dict(kernel=(1, 3), stride=1, padding=(0, 1), dilation=1),
+                                      dict(kernel=(3, 2), stride=1, padding=(1, 0), dilation=(2, 1)),
+                                      dict(kernel=(1, 3), stride=1, padding=1, dilation=1)])
 def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rng):
-    """The plain path's separable im2col and col2im (kh + kw copies and adds) on odd geometries, in one chunk
+    """The plain path's separable im2col and col2im (kh + kw copies and adds) or transposed input gradient (stride
+    1) on odd geometries, in one chunk
     and one sample per chunk (a tiny workspace limit), against the loop reference."""
     import reference as ref
     from xpcnn.functional._util import pair
@@ -133,7 +140,10 @@ def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rn
             dx, dw, _ = C.conv2d_backward(env.put(g0), ctx)
         finally:
             config.set_workspace_limit(None)
-        assert ctx.algorithm == "im2col_nhwc" and C.backward_algorithm(ctx) == "im2col_nhwc"
+        within = all(p <= d * (k - 1) for p, d, k in zip(pads, (dil[0], dil[0], dil[1], dil[1]),
+                                                          2 * geometry["kernel"][:1] + 2 * geometry["kernel"][1:]))
+        gpu_dx = "transposed" if stride == (1, 1) and within else "im2col_nhwc"  # else padding beyond the kernel
+        assert ctx.algorithm == "im2col_nhwc" and C.backward_algorithm(ctx) == gpu_dx
         assert (ctx.nb < 5) == (limit is not None)
         assert_close(env.get(y), y_ref, env.tol, f"forward {geometry}")
         assert_close(env.get(dx), dx_ref, env.tol, f"dx {geometry}")
@@ -151,3 +161,41 @@ def test_kept_padded_buffers_are_not_shared_by_other_paddings(plan, rng):
             x0 = rng.standard_normal((2, 3, size, size))
             y = C.conv2d_forward(x0, w0, None, 1, pad)[0]
             assert_close(np.asarray(y), ref.conv2d_forward(x0, w0, None, (1, 1), (pad,) * 4), 1e-12, f"pad {pad}")
+
+
+@pytest.mark.parametrize("options", [dict(kernel_size=3, padding=1), dict(kernel_size=(3, 2), padding=(2, 1),
+                                                                           dilation=(1, 2), bias=False),
+                                     dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1),
+                                     dict(kernel_size=3, padding=1, padding_mode="reflect"),
+                                     dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))])
+@pytest.mark.parametrize("limit", [None, 1])
+def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, plan, rng, request):
+    """Conv2d on the GPU plan (tensordot with the weight as it lies, columns (m, oh, ow, kh, kw, C); transposed
+    input gradient at stride 1): output, input gradient, weight and bias gradients, with and without the input
+    gradient, as on the CPU plan, on every backend; in one chunk and one sample a chunk (``limit`` 1 byte)."""
+    x0 = rng.standard_normal((3, 5, 7, 6))
+    results = {}
+    request.addfinalizer(lambda: config.set_workspace_limit(None))
+    for name in ("cpu", "gpu"):
+        plan(name)
+        config.set_workspace_limit(limit if name == "gpu" else None)
+        layer = xpcnn.Sequential(xpcnn.Conv2d(5, 4, **options), backend=env.backend, seed=2)
+        conv = layer.layers[0]
+        y = layer(env.put(x0))
+        g = env.put(np.linspace(-1, 1, math.prod(y.shape)).reshape(tuple(y.shape)))
+        dx = conv.backward(g)
+        grads = [env.get(p.grad) for p in conv.parameters()]
+        for p in conv.parameters():
+            p.grad = p.grad * 0
+        assert conv.backward(g, need_dx=False) is None
+        assert all(np.array_equal(a, env.get(p.grad)) for a, p in zip(grads, conv.parameters()))
+        results[name] = [env.get(y), env.get(dx)] + grads
+        config.set_workspace_limit(None)
+        if name == "gpu":
+            ctx = conv._ctx
+            assert ctx.algorithm == "im2col_nhwc" and ctx.wk is None and (ctx.cols is None) == (limit is not None)
+            stride1 = options.get("stride", 1) == 1
+            assert C.backward_algorithm(ctx) == ("transposed" if stride1 else "im2col_nhwc")
+    assert len(results["gpu"]) == 3 + ("bias" not in options)
+    for k, (a, b) in enumerate(zip(results["gpu"], results["cpu"])):
+        assert_close(a, b, env.tol, f"{env.key} {options} result {k}")

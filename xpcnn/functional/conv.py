@@ -105,8 +105,9 @@ def cache_sized(a) -> bool:
 
 
 def _plain(a) -> bool:
-    """The plain convolution (channels-innermost im2col, one GEMM, col2im; the forward's columns kept for the
-    backward where one chunk holds the batch) in place of the CPU-fitted choices: the GPU plan
+    """The plain convolution (channels-innermost im2col, one GEMM by :func:`_tensor_gemm`, the input gradient
+    a transposed convolution at stride 1, else col2im; the forward's columns kept for the backward where one
+    chunk holds the batch) in place of the CPU-fitted choices: the GPU plan
     (:func:`xpcnn.config.gpu_plan`) under the "auto" algorithm. Fewest array operations: on a GPU each is a
     launch, and the CPU choices were fitted to a CPU's caches and BLAS."""
     return config.get_conv_algorithm() == "auto" and config.gpu_plan(a)
@@ -168,9 +169,9 @@ def _im2col_kmajor(xpad, col, stride, dilation):
     return col if m == col.shape[4] else col[:, :, :, :, 0:m, :, :]
 
 
-def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
+def _im2col_nhwc(xh, n0: int, m: int, col, offsets, split: bool = False):
     """im2col of samples ``n0:n0+m`` of the channels-last ``xh (N, H, W, C)`` into ``col (nb, oh, ow, kh, kw, C)``
-    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)``.
+    (channels innermost), returned as the rows ``(m*oh*ow, kh*kw*C)`` (``split``: as they lie, 6-D).
 
     No padded copy of the input: each kernel offset copies only the window that lies inside the input
     (:func:`_fold_offsets`); the rest of ``col`` is padding, zero from its allocation and never written.
@@ -179,7 +180,8 @@ def _im2col_nhwc(xh, n0: int, m: int, col, offsets):
     for i, j, rows, cols, in_rows, in_cols in offsets:
         col[0:m, rows, cols, i, j, :] = xh[n0:n0 + m, in_rows, in_cols, :]
     nb, oh, ow, kh, kw, c = col.shape
-    return xp.reshape(col[0:m, ...] if m < nb else col, (m * oh * ow, kh * kw * c))
+    out = col[0:m, ...] if m < nb else col
+    return out if split else xp.reshape(out, (m * oh * ow, kh * kw * c))
 
 
 def _separable(x, kernel) -> bool:
@@ -208,22 +210,29 @@ def _workspace(xp, role: str, shape, dtype, dev):
     return buf
 
 
-def _im2col_separable(xh, n0: int, m: int, pbuf, rbuf, col, pads, stride, dilation):
-    """As :func:`_im2col_nhwc`, in kh + kw copies: samples ``n0:n0+m`` of ``xh (N, H, W, C)`` into the
-    zero-bordered ``pbuf (nb, Hp, Wp, C)``, its kh row windows into ``rbuf (nb, oh, Wp, kh, C)``, their kw column
-    windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows ``(m*oh*ow, kh*kw*C)``."""
+def _im2col_separable(xh, n0: int, m: int, rbuf, col, pads, stride, dilation, split: bool = False,
+                      reverse: bool = False):
+    """As :func:`_im2col_nhwc`, in kh + kw copies: the kh row windows of samples ``n0:n0+m`` of ``xh (N, H, W, C)``
+    into the zero-bordered ``rbuf (nb, oh, Wp, kh, C)`` (each the rows of the input it reaches: no padded copy;
+    what falls in the padding is zero from the buffer's allocation and never written, so ``rbuf`` is kept per
+    geometry), their kw column windows into ``col (nb, oh, ow, kh, kw, C)``; returned as the rows
+    ``(m*oh*ow, kh*kw*C)`` (``split``: ``col`` as it lies, 6-D). ``reverse``: slot ``(i, j)`` holds the window
+    of offset ``(kh-1-i, kw-1-j)`` (the spatially flipped kernel's columns)."""
     xp = array_namespace(xh)
     nb, oh, ow, kh, kw, c = col.shape
     h, w = xh.shape[1], xh.shape[2]
     b = slice(None) if m == nb else slice(0, m)
-    pbuf[b, pads[0]:pads[0] + h, pads[2]:pads[2] + w, :] = xh[n0:n0 + m, ...]
+    src = slice(None) if n0 == 0 and m == xh.shape[0] else slice(n0, n0 + m)
+    inside = slice(pads[2], pads[2] + w)
     for i in range(kh):
-        r0 = i * dilation[0]
-        rbuf[b, :, :, i, :] = pbuf[b, r0:r0 + stride[0] * (oh - 1) + 1:stride[0], :, :]
+        lo, hi, r0 = _clip(oh, (kh - 1 - i if reverse else i) * dilation[0], pads[0], stride[0], h)
+        if hi > lo:
+            rbuf[b, lo:hi, inside, i, :] = xh[src, r0:r0 + stride[0] * (hi - lo - 1) + 1:stride[0], :, :]
     for j in range(kw):
-        c0 = j * dilation[1]
+        c0 = (kw - 1 - j if reverse else j) * dilation[1]
         col[b, :, :, :, j, :] = rbuf[b, :, c0:c0 + stride[1] * (ow - 1) + 1:stride[1], :, :]
-    return xp.reshape(col if m == nb else col[b, ...], (m * oh * ow, kh * kw * c))
+    out = col if m == nb else col[b, ...]
+    return out if split else xp.reshape(out, (m * oh * ow, kh * kw * c))
 
 
 def _col2im_separable(dcol, dx, n0, pads, stride, dilation):
@@ -435,15 +444,19 @@ def _im2col_blocked(xh, n0: int, n1: int, pbuf, col, pads, stride, dilation, blo
 
 
 def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int, oh: int, ow: int, nb: int,
-             block: int = 1):
+             block: int = 1, split: bool = False, reverse: bool = False):
     """``columns(n0, n1)``: the columns of samples ``n0:n1`` (at most ``nb``) in the layout of ``algorithm``,
     ``(m*oh*ow, K)`` rows for "im2col_nhwc", ``(m*oh*ow/B, kh*span*C)`` for "im2col_blocked" (``block`` B),
-    ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next."""
+    ``(G, kh, kw, C/G, m, oh, ow)`` for "im2col"; buffers are reused from one call to the next. ``split``
+    (:func:`_tensor_gemm`): "im2col_nhwc" columns 6-D, ``(m, oh, ow, kh, kw, C)``; ``reverse`` (with ``split``):
+    the kernel offsets in reverse order (:func:`_im2col_separable`)."""
     n, c, h, w = x.shape
     _, cg, kh, kw = w_shape
     dev = device(x)
     if algorithm == "im2col_nhwc" and _input_rows((kh, kw), stride, pads):
         xh = xp.permute_dims(x, (0, 2, 3, 1))  # a view of channels-last memory: no copy at all
+        if split:
+            return lambda n0, n1: xp.reshape(xh if n1 - n0 == n else xh[n0:n1, ...], (n1 - n0, h, w, 1, 1, c))
         return lambda n0, n1: xp.reshape(xh[n0:n1, ...], ((n1 - n0) * h * w, c))
     if algorithm == "im2col_blocked":
         xh = xp.permute_dims(x, (0, 2, 3, 1))
@@ -459,15 +472,16 @@ def _columns(xp, x, w_shape, algorithm: str, pads, stride, dilation, groups: int
             pbuf = xp.zeros((nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype=x.dtype, device=dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
             return lambda n0, n1: fast(xh, n0, n1, pbuf, col, pads, stride, dilation)
-        if _separable(x, (kh, kw)):  # the padded input and its row windows in buffers kept from call to call
-            padded = (nb, h + pads[0] + pads[1], w + pads[2] + pads[3], c)
-            pbuf = _workspace(xp, f"padded {pads}", padded, x.dtype, dev)
-            rbuf = _workspace(xp, "rows", (nb, oh, pbuf.shape[2], kh, c), x.dtype, dev)
+        if _separable(x, (kh, kw)):  # the row windows in a buffer kept from call to call (per geometry)
+            rows = (nb, oh, w + pads[2] + pads[3], kh, c)
+            rbuf = _workspace(xp, f"rows {pads} {stride} {dilation} {reverse}", rows, x.dtype, dev)
             col = xp.empty((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, pbuf, rbuf, col, pads, stride, dilation)
-        offsets = list(_fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation))
+            return lambda n0, n1: _im2col_separable(xh, n0, n1 - n0, rbuf, col, pads, stride, dilation, split,
+                                                    reverse)
+        offsets = [(kh - 1 - o[0], kw - 1 - o[1]) + o[2:] if reverse else o
+                   for o in _fold_offsets(oh, ow, h, w, kh, kw, pads, stride, dilation)]
         col = xp.zeros((nb, oh, ow, kh, kw, c), dtype=x.dtype, device=dev)
-        return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets)
+        return lambda n0, n1: _im2col_nhwc(xh, n0, n1 - n0, col, offsets, split)
     pbuf = xp.zeros((nb, c, h + pads[0] + pads[1], w + pads[2] + pads[3]), dtype=x.dtype, device=dev)
     col = xp.empty((groups, kh, kw, cg, nb, oh, ow), dtype=x.dtype, device=dev)
     im2col = kernels.get("im2col_kmajor", xp) or _im2col_kmajor
@@ -500,9 +514,22 @@ def _column_values(layout: str, c: int, kernel, oh: int, ow: int, stride, dilati
     return oh * ow * kh * kw * c
 
 
-def _gemm(xp, cm, wk, layout: str, groups: int, f: int):
+def _tensor_gemm(x, layout: str) -> bool:
+    """The plain path's channels-innermost GEMMs as ``tensordot`` with the weight ``(F, C, kh, kw)`` as it lies
+    (:func:`_plain`): no reordered copy of the weight per step (in the forward and the transposed input
+    gradient), on the columns as they lie ``(m, oh, ow, kh, kw, C)`` (no reshape): the result ``(m, oh, ow, F)``,
+    the weight gradient ``(F, kh, kw, C)`` straight from ``dY`` (NCHW) and seen ``(F, C, kh, kw)`` by one
+    permutation."""
+    return layout == "im2col_nhwc" and _plain(x)
+
+
+def _gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None, channel_axis: int = 1):
     """The columns ``cm`` of one chunk (as :func:`_columns` gives them) times the weight ``wk`` in the same
-    layout: the convolution as channels-last rows ``(m*oh*ow, F)``."""
+    layout: the convolution as channels-last rows ``(m*oh*ow, F)``. ``wk`` None (:func:`_tensor_gemm`): columns
+    ``(m, oh, ow, kh, kw, C)`` contracted with the weight ``(F, C, kh, kw)`` as it lies, ``(m, oh, ow, F)``
+    (``channel_axis`` 0: the weight ``(C, F, kh, kw)``, the transposed convolution's)."""
+    if wk is None:
+        return xp.tensordot(cm, weight, axes=((3, 4, 5), (2, 3, channel_axis)))
     if layout == "im2col":
         return _gemm_forward(xp, cm, wk, groups)
     y = cm @ wk
@@ -588,7 +615,7 @@ class ConvContext(NamedTuple):
     """What :func:`conv2d_forward` keeps for the backward pass."""
     x: Any
     weight: Any
-    wk: Any                 # the weight ordered as the columns: (kh*kw*C/G, F) rows, (G, K, F/G), or blocked
+    wk: Any                 # the weight ordered as the columns: (K, F) rows, (G, K, F/G), blocked; None: tensordot
     algorithm: str          # the forward's column layout: "im2col", "im2col_nhwc" or "im2col_blocked"
     cols: Any               # the forward's columns when column caching kept them, else None
     pads: tuple
@@ -613,33 +640,46 @@ def _shards(xp, x, sample_values: int) -> list:
     return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
 
 
-def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int):
+def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int, flipped: bool = False):
     """The convolution as channels-last rows ``(N*oh*ow, F)``, without bias; returns ``(rows, wk, layout, block,
     nb, cols)``: the weight as ordered for the columns, the column layout and its width block, samples per
     chunk, and the columns of the
     batch when column caching is on and one chunk holds it (else None). Batch shards run on the
-    :mod:`~xpcnn.parallel` workers, each with its own column buffer."""
+    :mod:`~xpcnn.parallel` workers, each with its own column buffer. ``flipped`` (the plain path,
+    :func:`_tensor_gemm`, groups 1): convolve with ``weight (C, F, kh, kw)`` flipped in space and its channel
+    axes swapped, by columns in reversed offset order (no flipped copy of the weight)."""
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
+    if flipped:
+        f, cg = cg, f
     plain = _plain(x)
     layout, block = _column_layout(c, f, ow, groups, plain)
     blocked = layout == "im2col_blocked"
-    wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
+    split = _tensor_gemm(x, layout)
+    if flipped and not (split and groups == 1):
+        raise ValueError("flipped weights need the plain path's tensordot (_tensor_gemm)")
+    w_shape, axis = (f, cg, kh, kw), 0 if flipped else 1
+    if split:
+        wk = None
+    else:
+        wk = _weight_blocked(xp, weight, block, stride, dilation) if blocked else _weight_kf(xp, weight, groups)
     if n == 0:  # an empty batch (as PyTorch allows): an empty result
         return xp.empty((0, f), dtype=x.dtype, device=device(x)), wk, layout, block, 1, None
     values = _column_values(layout, c, (kh, kw), oh, ow, stride, dilation, block, pads)
     parts = _shards(xp, x, values)
     nb = _batch_chunk(n, values, itemsize(xp, x.dtype), layout, len(parts), cache_sized(x))
     if nb >= n and len(parts) == 1:  # one chunk: the GEMM writes the result, no copy
-        cm = _columns(xp, x, weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)(0, n)
+        cm = _columns(xp, x, w_shape, layout, pads, stride, dilation, groups, oh, ow, nb, block, split, flipped)(0, n)
         keep = config.get_cache_columns() or plain
-        return _gemm(xp, cm, wk, layout, groups, f), wk, layout, block, nb, (cm if keep else None)
-    y = xp.empty((n * oh * ow, f), dtype=x.dtype, device=device(x))
+        return _gemm(xp, cm, wk, layout, groups, f, weight, axis), wk, layout, block, nb, (cm if keep else None)
+    y = xp.empty((n, oh, ow, f) if split else (n * oh * ow, f), dtype=x.dtype, device=device(x))
 
     def shard(a: int, b: int) -> None:
-        columns = _columns(xp, x[a:b, ...], weight.shape, layout, pads, stride, dilation, groups, oh, ow, nb, block)
+        columns = _columns(xp, x[a:b, ...], w_shape, layout, pads, stride, dilation, groups, oh, ow, nb, block,
+                           split, flipped)
         for n0, n1 in _chunks(a, b, nb):
-            y[n0 * oh * ow:n1 * oh * ow, :] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f)
+            rows = (slice(n0, n1), Ellipsis) if split else (slice(n0 * oh * ow, n1 * oh * ow), slice(None))
+            y[rows] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight, axis)
     parallel.run(shard, parts)
     return y, wk, layout, block, nb, None
 
@@ -656,9 +696,12 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
     stride, dilation, pads, oh, ow = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     n, f = x.shape[0], weight.shape[0]
     y, wk, algorithm, block, nb, cached = _forward_rows(xp, x, weight, pads, stride, dilation, groups, oh, ow)
-    if bias is not None:
+    if bias is not None and y.ndim == 4:  # (N, oh, ow, F) from tensordot (_tensor_gemm): one broadcast add
+        y += bias
+    elif bias is not None:
         y = add_rows_bias(xp, y, bias, ow)
-    y = xp.reshape(y, (n, oh, ow, f))
+    if y.ndim != 4:
+        y = xp.reshape(y, (n, oh, ow, f))
     ctx = ConvContext(x, weight, wk, algorithm, cached, pads, stride, dilation, groups, oh, ow, nb, bias is not None,
                       block)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx
@@ -677,8 +720,8 @@ def _use_transposed(ctx) -> bool:
     """Input gradient as a transposed convolution? Stride 1, groups 1, padding within the dilated kernel; under
     "auto" only after a channels-innermost forward (measured faster there, see the module docstring)."""
     algo = config.get_conv_algorithm()
-    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1) or _plain(ctx.x):
-        return False  # another path is forced, or the plain one planned
+    if algo not in ("auto", "transposed") or ctx.groups != 1 or ctx.stride != (1, 1):
+        return False  # another path is forced
     if _transposed_pads(ctx.pads, ctx.weight.shape[2:], ctx.dilation) is None:
         return False
     return algo == "transposed" or ctx.algorithm == "im2col_nhwc"
@@ -690,10 +733,13 @@ def _transposed_dx(xp, dy, ctx):
     the forward). Channels-last ``(N, C, H, W)`` view."""
     x, weight = ctx.x, ctx.weight
     n, c, h, w = x.shape
-    wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
     pads = _transposed_pads(ctx.pads, weight.shape[2:], ctx.dilation)
-    rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
-    return xp.permute_dims(xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
+    if _plain(dy):  # the flip and the swap in the columns' order and the contraction's axes (_forward_rows)
+        rows = _forward_rows(xp, dy, weight, pads, (1, 1), ctx.dilation, 1, h, w, flipped=True)[0]
+    else:
+        wt = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))
+        rows = _forward_rows(xp, dy, wt, pads, (1, 1), ctx.dilation, 1, h, w)[0]
+    return xp.permute_dims(rows if rows.ndim == 4 else xp.reshape(rows, (n, h, w, c)), (0, 3, 1, 2))
 
 
 def _use_polyphase(ctx) -> bool:
@@ -836,11 +882,16 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dw = xp.zeros(weight.shape, dtype=dy.dtype, device=dev)
         db = xp.zeros((f,), dtype=dy.dtype, device=dev) if has_bias else None
         return (empty_nchw(xp, (0, c, h, w), dy.dtype, dev) if need_dx else None), dw, db
-    dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
-    db = rows_sum(xp, dyh, ow) if has_bias else None
     dx_algorithm = backward_algorithm(ctx) if need_dx else None
     by_convolution = dx_algorithm in ("transposed", "polyphase")  # dx as forward convolutions of dY, after dW
     need_dcol = need_dx and not by_convolution
+    split = wk is None and algorithm == "im2col_nhwc"  # 6-D columns, tensordot with dY itself (_tensor_gemm)
+    if not split or need_dcol:
+        dyh = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * oh * ow, f))  # channels-last rows
+    if has_bias:
+        db = xp.sum(dy, axis=(0, 2, 3)) if split else rows_sum(xp, dyh, ow)
+    else:
+        db = None
     # dcol channels-innermost (fast GEMM, contiguous col2im) for many channels; ow-innermost for few
     clast = algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN
     values = _column_values(algorithm, c, (kh, kw), oh, ow, stride, dilation, block, pads)
@@ -856,21 +907,23 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     else:
         dx = None
     blocked = algorithm == "im2col_blocked"
-    if blocked and need_dcol and not banded:  # dcol unblocked: the plain weight
+    if (blocked or split) and need_dcol and not banded:  # dcol unblocked: the plain weight
         wk = _weight_kf(xp, weight, 1)
-    wkt = xp.matrix_transpose(wk)
+    wkt = xp.matrix_transpose(wk) if need_dcol and not banded else None
 
     def shard(a: int, b: int):
         """dW of samples ``a:b`` (and their dx, written into ``dx``), chunk by chunk."""
         if cached is None:
             columns = _columns(xp, x[a:b, ...], weight.shape, algorithm, pads, stride, dilation, groups, oh, ow, nb,
-                               block)
+                               block, split)
         dwk = None
         for n0, n1 in _chunks(a, b, nb):
             m, p0, p1 = n1 - n0, n0 * oh * ow, n1 * oh * ow
             cm = columns(n0 - a, n1 - a) if cached is None else cached
-            dym = dyh[p0:p1, :]
-            if blocked:
+            dym = dyh[p0:p1, :] if not split or need_dcol else None
+            if split:  # (F, kh, kw, C)
+                part = xp.tensordot(dy if m == n else dy[n0:n1, ...], cm, axes=((0, 2, 3), (0, 1, 2)))
+            elif blocked:
                 part = _long_matmul(xp, xp.matrix_transpose(cm), xp.reshape(dym, ((p1 - p0) // block, block * f)))
             elif algorithm == "im2col_nhwc":
                 part = _long_matmul(xp, xp.matrix_transpose(cm), dym)  # (K, F)
@@ -904,7 +957,9 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
         dwk = dwk + part
     if blocked:
         dwk = _unblock_weight_grad(xp, dwk, weight.shape, block, stride, dilation)
-    if g == 1:
+    if split:
+        dw = xp.permute_dims(dwk, (0, 3, 1, 2))
+    elif g == 1:
         dw = xp.permute_dims(xp.reshape(dwk, (kh, kw, cg, f)), (3, 2, 0, 1))
     else:
         dw = xp.reshape(xp.permute_dims(xp.reshape(dwk, (g, kh, kw, cg, fg)), (0, 4, 3, 1, 2)), (f, cg, kh, kw))
