@@ -13,7 +13,8 @@ from xpcnn.checkpoint import Checkpoint
 @pytest.mark.parametrize("gap", [0.02, 0.035, 0.05])
 def test_a_second_ctrl_c_soon_after_the_first_exits_130_cleanly(tmp_path, gap):
     ck = tmp_path / "run.ckpt"
-    p = subprocess.Popen([sys.executable, "-m", "xpcnn", "train", "--threads", "2", "--epochs", "100", "--checkpoint", str(ck)],
+    p = subprocess.Popen([sys.executable, "-m", "xpcnn", "train", "--threads", "2", "--epochs", "100",
+                          "--checkpoint", str(ck)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().startswith("training ")

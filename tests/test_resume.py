@@ -42,7 +42,8 @@ def test_ctrl_c_mid_epoch_then_resume_reports_and_saves_what_one_run_does(tmp_pa
     code, _, err = run(capsys, *args, "--threads", threads, "--checkpoint", str(full), "--metrics", str(tmp_path / "f"))
     assert code == 0, err
 
-    monkeypatch.setattr(train_cmd, "CrossEntropyLoss", lambda: InterruptAt(7 + 1 + 3))  # 7 steps and 1 test batch, then step 3
+    # 7 steps and 1 test batch, then step 3 of epoch 2
+    monkeypatch.setattr(train_cmd, "CrossEntropyLoss", lambda: InterruptAt(7 + 1 + 3))
     code, _, err = run(capsys, *args, "--threads", threads, "--checkpoint", str(half), "--metrics", str(tmp_path / "h"))
     assert code == 130 and "interrupted in epoch 2 after step 3" in err, err
     assert Checkpoint(half).meta["options"]["threads"] == int(threads)
