@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
 from xpcnn import bench
 
@@ -39,18 +38,21 @@ def test_xpcnn_bench_alternates_blocks_of_half_the_repeats():
     assert "".join(calls) == "a" + "b" + "aaa" + "bbb" + "aaa" + "bbb"
 
 
-def test_xpcnn_bench_settles_each_turn_for_the_settle_time():
+def test_xpcnn_bench_settles_each_turn_for_the_settle_time(monkeypatch):
     """Each turn starts with untimed calls for at least ``settle`` seconds (the other framework's threads go
-    idle meanwhile), then its block of timed calls."""
+    idle meanwhile), then its block of timed calls. On a clock that each call advances by 2**-10 s (exact in
+    binary), so that the test depends on no scheduler: the turn's settle covers 11 calls (10.7 ms >= 10 ms)."""
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     log = []
 
     def make(name):
         def fn():
-            log.append((name, time.perf_counter()))
-            time.sleep(0.001)
+            log.append((name, clock[0]))
+            clock[0] += 2.0 ** -10
         return fn
     times = bench.time_interleaved([make("a"), make("b")], [lambda: None] * 2, warmup=0, repeats=4, settle=0.01)
-    assert [len(t) for t in times] == [4, 4]
+    assert [len(t) for t in times] == [4, 4] and all(t == [2.0 ** -10] * 4 for t in times)
     turns = []  # (name, [call start times]) per run of one function
     for name, t in log:
         if not turns or turns[-1][0] != name:
@@ -59,5 +61,5 @@ def test_xpcnn_bench_settles_each_turn_for_the_settle_time():
     assert [name for name, _ in turns] == ["a", "b", "a", "b"]
     for _, starts in turns:
         untimed = len(starts) - 2  # blocks of two timed calls
-        assert untimed >= 2  # a 1 ms call cannot fill 10 ms in one
+        assert untimed == 11  # the first call that ends at or past start + 10 ms is the last untimed one
         assert starts[untimed] - starts[0] >= 0.01
