@@ -56,3 +56,21 @@ def check_grads(forward: Callable[..., np.ndarray], inputs: Sequence[np.ndarray]
             continue
         name = names[k] if names else f"input {k}"
         assert_close(a, numerical_grad(f, x, eps), tol, f"gradient w.r.t. {name}")
+
+
+def assert_matches_torch(model, net, x: np.ndarray, rng: np.random.Generator, tol: float) -> None:
+    """One forward and backward of ``model`` (xpcnn, float64) and its torch twin ``net`` on ``x``: the outputs,
+    the input gradients and every parameter's gradient agree to ``tol``."""
+    import torch
+
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = net(xt)
+    y = model(x)
+    assert_close(y, yt.detach().numpy(), tol, "forward")
+    dy = rng.standard_normal(y.shape)
+    yt.backward(torch.from_numpy(dy))
+    model.zero_grad()
+    assert_close(model.backward(dy), xt.grad.numpy(), tol, "input gradient")
+    tparams = dict(net.named_parameters())
+    for name, p in model.named_parameters():
+        assert_close(p.grad, tparams[name].grad.numpy(), tol, f"{name}.grad")

@@ -9,7 +9,7 @@ import reference as ref
 import reference_pool as rp
 import xpcnn
 from conftest import HAVE_TORCH, STRICT, make_env
-from gradcheck import assert_close, check_grads
+from gradcheck import assert_close, assert_matches_torch, check_grads
 from xpcnn.functional._util import pad2d_mode, pad2d_mode_backward
 
 MODES = ["reflect", "replicate", "circular"]
@@ -138,18 +138,7 @@ def test_conv2d_padding_mode_matches_torch(mode, rng):
                              backend="numpy", dtype="float64", seed=4)
     net = to_torch(model)
     assert net[0].padding_mode == mode and net[1].padding_mode == mode
-    x = rng.standard_normal((2, 2, 7, 6))
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    yt = net(xt)
-    y = model(x)
-    assert_close(y, yt.detach().numpy(), 1e-12, "forward")
-    dy = rng.standard_normal(y.shape)
-    yt.backward(torch.from_numpy(dy))
-    model.zero_grad()
-    assert_close(model.backward(dy), xt.grad.numpy(), 1e-12, "dx")
-    tparams = dict(net.named_parameters())
-    for name, p in model.named_parameters():
-        assert_close(p.grad, tparams[name].grad.numpy(), 1e-12, f"{name}.grad")
+    assert_matches_torch(model, net, rng.standard_normal((2, 2, 7, 6)), rng, 1e-12)
 
 
 def test_checkpoint_round_trip_keeps_padding_mode_and_pool_options(tmp_path, rng):

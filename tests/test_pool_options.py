@@ -9,7 +9,7 @@ import reference_pool as ref
 import xpcnn
 import xpcnn.functional as F
 from conftest import HAVE_TORCH, STRICT, make_env
-from gradcheck import assert_close, check_grads
+from gradcheck import assert_close, assert_matches_torch, check_grads
 from xpcnn import config
 
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (optional)")
@@ -324,13 +324,6 @@ def test_to_torch_builds_every_pool_option(rng):
     assert [type(m).__name__ for m in net] == [type(m).__name__ for m in layers]
     assert net[0].ceil_mode and net[1].ceil_mode and not net[1].count_include_pad and net[2].dilation == (2, 2)
     assert net[3].divisor_override == 3 and net[4].output_size == (None, 3)
-    x = rng.standard_normal((2, 3, 13, 12))
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    yt = net(xt)
-    y = model(x)
-    assert_close(y, yt.detach().numpy(), 1e-12, "forward")
-    dy = rng.standard_normal(y.shape)
-    yt.backward(torch.from_numpy(dy))
-    assert_close(model.backward(dy), xt.grad.numpy(), 1e-12, "backward")
+    assert_matches_torch(model, net, rng.standard_normal((2, 3, 13, 12)), rng, 1e-12)
     indices = to_torch(xpcnn.Sequential(xpcnn.MaxPool2d(2, return_indices=True), backend="numpy"))[0]
     assert indices.return_indices

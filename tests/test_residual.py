@@ -9,7 +9,7 @@ import pytest
 
 import xpcnn
 from conftest import make_env
-from gradcheck import assert_close, check_grads
+from gradcheck import assert_close, assert_matches_torch, check_grads
 from xpcnn import BatchNorm2d, Conv2d, ReLU, Residual, Sequential, ZeroPadShortcut
 
 
@@ -189,17 +189,6 @@ def test_to_torch_twin_matches_outputs_and_gradients(rng):
                        xpcnn.GlobalAvgPool2d(), xpcnn.Flatten(), xpcnn.Linear(8, 3), dtype="float64", seed=4)
     net = to_torch(model)  # loads the weights with strict=True
     assert list(net.state_dict()) == list(model.state_dict())
-    x = rng.standard_normal((3, 2, 7, 7))
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    yt = net(xt)
-    y = model.forward(x)
-    assert_close(y, yt.detach().numpy(), 1e-10, "forward")
-    dy = rng.standard_normal(y.shape)
-    yt.backward(torch.from_numpy(dy))
-    model.zero_grad()
-    assert_close(model.backward(dy), xt.grad.numpy(), 1e-10, "input gradient")
-    tparams = dict(net.named_parameters())
-    for name, p in model.named_parameters():
-        assert_close(p.grad, tparams[name].grad.numpy(), 1e-10, f"{name}.grad")
+    assert_matches_torch(model, net, rng.standard_normal((3, 2, 7, 7)), rng, 1e-10)
     for name, v in net.state_dict().items():  # running statistics after the training forward
         assert_close(model.state_dict()[name], v.numpy(), 1e-10, name)
