@@ -291,7 +291,7 @@ class UniformSource:
         kind = {"cupy": "replay", "torch": "torch"}.get(self.backend.name, "numpy")
         if state.get("kind") != kind:
             raise InputValueError(f"random state of kind {state.get('kind')!r} cannot be restored on backend "
-                             f"{self.backend.spec} (which needs {kind!r})")
+                                  f"{self.backend.spec} (which needs {kind!r})")
         self.seed = int(state["seed"])
         self._reseed()
         if kind == "replay":

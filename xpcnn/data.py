@@ -47,7 +47,8 @@ class Dataset:
         if len(self.labels):
             lo, hi = int(self.labels.min()), int(self.labels.max())
             if lo < 0 or hi >= self.num_classes:
-                raise InputValueError(f"{what}: labels must be in [0, {self.num_classes - 1}], got values in [{lo}, {hi}]")
+                raise InputValueError(f"{what}: labels must be in [0, {self.num_classes - 1}], "
+                                      f"got values in [{lo}, {hi}]")
         self.labels = self.labels.astype(np.int64)
 
     def __len__(self) -> int:
@@ -178,7 +179,7 @@ class DataLoader:
             raise InputValueError(f"data set {dataset.name!r} is empty")
         if batch_size > len(dataset):
             raise InputValueError(f"batch size {batch_size} is larger than the data set {dataset.name!r} "
-                             f"({len(dataset)} examples)")
+                                  f"({len(dataset)} examples)")
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.backend = get_backend(backend if backend is not None else "numpy")
@@ -253,8 +254,9 @@ class DataLoader:
         self._epoch_start = state["epoch_start"]
         self.position = int(state["position"])
         if int(state.get("batches", len(self))) != len(self):
-            raise InputValueError(f"the saved loader had {state.get('batches')} batches per epoch, this one {len(self)}: "
-                             "use the same data set and batch size to resume")
+            raise InputValueError(f"the saved loader had {state.get('batches')} batches per epoch, "
+                                  f"this one {len(self)}: "
+                                  "use the same data set and batch size to resume")
         self._resume = 0 < self.position < len(self)
         if not self._resume:
             self.position = 0

@@ -105,7 +105,7 @@ def load_idx_dataset(directory: str | os.PathLike, name: str = "mnist") -> tuple
         labels = read_idx(_idx_path(directory, lbl_name))
         if images.ndim != 3 or labels.ndim != 1:
             raise InputValueError(f"{directory}: {split} images must be 3-D and labels 1-D IDX arrays, "
-                             f"got {images.shape} and {labels.shape}")
+                                  f"got {images.shape} and {labels.shape}")
         out.append(Dataset(images[:, None], labels, 10, 255.0, name, names))
     return out[0], out[1]
 

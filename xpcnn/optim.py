@@ -46,7 +46,7 @@ class Optimizer:
         for p in self.params:
             if not isinstance(p, Parameter):
                 raise InputTypeError(f"{type(self).__name__}: expected xpcnn Parameters (model.parameters()), "
-                                f"got {type(p).__name__}")
+                                     f"got {type(p).__name__}")
         self.lr = hyperparameter(self, "lr", lr)
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.steps = 0
@@ -121,7 +121,7 @@ class Optimizer:
             i = int(i)
             if not 0 <= i < len(self.params) or tuple(value.shape) != self.params[i].shape:
                 raise InputValueError(f"optimizer state {key!r} does not match the parameters "
-                                 f"(shape {tuple(value.shape)})")
+                                      f"(shape {tuple(value.shape)})")
             self.state[i][name] = _move_like(value, self.params[i].data)
 
 

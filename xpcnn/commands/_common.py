@@ -56,7 +56,7 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
     arch, args = ckpt.meta.get("architecture"), ckpt.meta.get("model_args")
     if not arch or not args:
         raise InputValueError(f"{ckpt.path}: the checkpoint does not name its architecture (saved from Python?); "
-                         "load it with xpcnn.load_checkpoint(path, model)")
+                              "load it with xpcnn.load_checkpoint(path, model)")
     if arch not in MODELS:
         raise InputValueError(f"{ckpt.path}: unknown architecture {arch!r}; valid models are {', '.join(MODELS)}")
     ckpt.require("normalizer")

@@ -280,7 +280,8 @@ def _train(args, ckpt: Checkpoint | None, o: dict) -> int:
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported once, below
             fit(model, DistributedOptimizer(opt, comm) if comm.size > 1 else opt, loss_fn, train_loader,
-                epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch], initial_epoch=start, progress=False if args.quiet else None,
+                epochs=o["epochs"], val_data=test_loader, callbacks=[on_epoch], initial_epoch=start,
+                progress=False if args.quiet else None,
                 lr_schedule=cosine_schedule(o["lr"], o["epochs"]),
                 initial_tally=ckpt.meta.get("epoch_tally") if ckpt is not None else None)
     except NonFiniteLossError as e:
