@@ -118,3 +118,19 @@ def test_a_relative_data_dir_is_saved_absolute(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(elsewhere)
     code, out, err = run(capsys, "evaluate", "--checkpoint", str(tmp_path / "c.ckpt"))
     assert code == 0 and "accuracy" in out, err
+
+
+def test_ctrl_c_in_an_epochs_last_step_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C during the last step of epoch 1 stops at the epoch's end, after its evaluation and save: resuming
+    then starts epoch 2 (it must not train epoch 1 again from a new shuffle)."""
+    args = ["train", "--epochs", "2", "--limit", "200", "--quiet"]
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert run(capsys, *args, "--checkpoint", str(full))[0] == 0
+    monkeypatch.setattr(train_cmd, "CrossEntropyLoss", lambda: InterruptAt(7))  # epoch 1 has 7 steps
+    code, _, err = run(capsys, *args, "--checkpoint", str(half))
+    assert code == 130 and "interrupted in epoch 2 after step 0" in err, err
+    monkeypatch.undo()
+    assert run(capsys, "train", "--resume", str(half), "--checkpoint", str(half), "--quiet")[0] == 0
+    a, b = Checkpoint(full), Checkpoint(half)
+    for k, v in a.model_state.items():
+        np.testing.assert_array_equal(b.model_state[k], v, err_msg=k)

@@ -231,7 +231,9 @@ def _train_epoch(model, optimizer, loss_fn, data, epoch, epochs, log_every, prog
             if len(pending) >= log_every or step == total:
                 last_loss = tally.drain(pending, epoch, step, comm)
                 bar.update(step, tally.seen - earlier_seen, last_loss)
-            if comm.any(flag.get("stop")):  # every rank stops after the same step
+            # every rank stops after the same step; after the epoch's last one the epoch ends as usual (evaluated,
+            # saved) and fit stops at its boundary: a checkpoint of a finished epoch must not resume inside it
+            if step != total and comm.any(flag.get("stop")):
                 if pending:
                     tally.drain(pending, epoch, step, comm)
                 raise TrainingInterrupted(epoch, step, tally.state(time.perf_counter() - t0))
