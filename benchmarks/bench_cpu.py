@@ -21,7 +21,7 @@ for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kin
 process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch
 gets the same allocator setting as in the interleaved run.
 
-Parallelism (more than one thread): xpcnn's per-op threads (``xpcnn.parallel``); PyTorch its intra-op
+Parallelism (more than one thread): xpcnn's per-op threads (``xpcnn.threads``); PyTorch its intra-op
 threads. Several processes (MPI ranks) are timed by ``benchmarks/bench_mpi.py``.
 
 Memory: each (framework, model) runs in a fresh subprocess with 1 thread and

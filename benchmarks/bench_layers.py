@@ -5,7 +5,7 @@
 
 Inputs are in the memory layout the layer sees inside a model: channels-last (what every xpcnn op returns),
 except the first layers of LeNet and vgg-small, which get the user's NCHW array. The ops run inside
-``xpcnn.parallel.step``, as in a model step: with ``--threads 2`` the batch is split over two worker threads
+``xpcnn.threads.step``, as in a model step: with ``--threads 2`` the batch is split over two worker threads
 and BLAS runs one thread per call; the floor GEMMs run outside it, on the BLAS threads.
 
 For each conv shape it times ``conv2d_forward`` and ``conv2d_backward`` and the floor: the three plain

@@ -26,7 +26,7 @@ def main() -> None:
     from xpcnn.commands.train import DEFAULT_LR, DEFAULTS, augmentation
     from xpcnn.datasets import load_dataset
     from xpcnn.torch_compat import to_torch
-    from xpcnn.train import cosine_schedule
+    from xpcnn.training import cosine_schedule
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="fashion-mnist")

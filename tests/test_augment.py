@@ -146,7 +146,7 @@ def test_train_command_augments_training_batches_only(tmp_path, capsys):
 
 def test_fit_interrupted_mid_epoch_resumes_exactly_through_a_checkpoint(tmp_path):
     """A small residual net on augmented batches: Ctrl-C in epoch 2, checkpoint, resume; the same weights."""
-    from xpcnn.train import TrainingInterrupted, fit
+    from xpcnn.training import TrainingInterrupted, fit
 
     d = xpcnn.load_digits()[0].subset(160)
 

@@ -7,7 +7,7 @@ import pytest
 import xpcnn
 from xpcnn.cli import main
 from xpcnn.errors import InputError
-from xpcnn.train import evaluate, fit
+from xpcnn.training import evaluate, fit
 
 
 def params():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import xpcnn
-from xpcnn import config, kernels, parallel
+from xpcnn import config, kernels, threads
 from xpcnn.functional import conv as C
 from conftest import make_env
 from gradcheck import assert_close
@@ -105,7 +105,7 @@ def test_gpu_plan_turns_off_numpy_kernels_and_threads(plan):
     assert kernels.get("relu", np) is None
     xpcnn.config.set_num_threads(2)
     try:
-        with parallel.step(np) as workers:
+        with threads.step(np) as workers:
             assert workers == 1
     finally:
         xpcnn.config.set_num_threads(None)

@@ -11,9 +11,9 @@ from xpcnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xpcnn.cli import main
 from xpcnn.data import DataLoader, Normalizer
 from xpcnn.datasets import load_digits, write_idx
-from xpcnn.train import TrainingInterrupted, cosine_schedule, fit
+from xpcnn.training import TrainingInterrupted, cosine_schedule, fit
 
-from test_train import InterruptAt  # a Ctrl-C during the n-th loss call
+from test_fit import InterruptAt  # a Ctrl-C during the n-th loss call
 
 TIMING = ("seconds", "images_per_second")  # the only numbers an interrupted epoch may report differently
 

@@ -6,12 +6,12 @@ from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Con
                      Residual, Sigmoid, Tanh, ZeroPadShortcut)
 from .layers import AdaptiveMaxPool2d
 from .config import set_workspace_limit
-from .model import Sequential
+from .sequential import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Augment, DataLoader, Dataset, Normalizer
 from .datasets import load_cifar10, load_dataset, load_digits, load_h5, load_idx_dataset
 from .models import build_model
-from .train import evaluate, fit
+from .training import evaluate, fit
 
 __version__ = "0.1.0"
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import config, parallel
+from . import config, threads
 from .backend import Backend, get_backend
 from .errors import InputValueError
 from .files import atomic_write
@@ -296,7 +296,7 @@ def _cpu_parallel(runner, batch_size: int) -> str | None:
     """How an xpcnn NumPy train step spread over the CPU: "N threads" or "1 thread"."""
     if runner.framework != "xpcnn" or runner.backend.name != "numpy":
         return None
-    n = config.get_num_threads() or parallel.blas_threads()
+    n = config.get_num_threads() or threads.blas_threads()
     return f"{n} thread" + ("s" if n > 1 else "")
 
 
@@ -331,7 +331,7 @@ def layer_breakdown(runner: XpcnnRunner, warmup: int, repeats: int) -> list[dict
         keep = r >= warmup
         runner.opt.zero_grad()
         x = runner.x
-        with b.activate(), parallel.step(b.xp):  # as in a model step: worker threads on NumPy
+        with b.activate(), threads.step(b.xp):  # as in a model step: worker threads on NumPy
             for i, layer in enumerate(m.layers):
                 x, t = clocked(lambda: layer.forward(x))
                 if keep:

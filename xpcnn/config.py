@@ -96,7 +96,7 @@ _num_threads: int | None = None
 
 
 def set_num_threads(n: int | None) -> None:
-    """Worker threads for the NumPy backend's ops inside a model step (``xpcnn.parallel``); ``None`` (default)
+    """Worker threads for the NumPy backend's ops inside a model step (``xpcnn.threads``); ``None`` (default)
     follows the BLAS thread count (threadpoolctl), 1 runs every op on the calling thread."""
     global _num_threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GlobalAvgPool2d, Residual,
                      ZeroPadShortcut)
-from .model import Sequential
+from .sequential import Sequential
 from .errors import InputValueError
 
 

@@ -306,7 +306,7 @@ def layer_cases() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
 
 def _block_body(c: int, stride: int):
     from . import layers as L
-    from .model import Sequential
+    from .sequential import Sequential
     out = c * stride
     return Sequential(L.Conv2d(c, out, 3, stride, 1, bias=False), L.BatchNorm2d(out), L.ReLU(),
                       L.Conv2d(out, out, 3, 1, 1, bias=False), L.BatchNorm2d(out))
@@ -314,7 +314,7 @@ def _block_body(c: int, stride: int):
 
 def _conv_shortcut(c: int, stride: int):
     from . import layers as L
-    from .model import Sequential
+    from .sequential import Sequential
     return Sequential(L.Conv2d(c, c * stride, 1, stride, bias=False), L.BatchNorm2d(c * stride))
 
 
@@ -322,7 +322,7 @@ def compare_layers(backends: Sequence[str] = ("numpy", "array_api_strict"), dtyp
                    seed: int = 0, rtol: float | None = None, train: bool = True) -> ParityReport:
     """Every layer type alone (in a one-layer Sequential): forward, input gradient, parameter gradients,
     and the buffers a training forward updates."""
-    from .model import Sequential
+    from .sequential import Sequential
 
     tol = _tolerance(dtype, rtol)
     ba, bb = _pair_of_backends(backends, dtype)

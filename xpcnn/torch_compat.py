@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backend import to_numpy
-from .model import Sequential
+from .sequential import Sequential
 
 
 def torch_module(layer: Any, torch):

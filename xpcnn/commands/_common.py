@@ -86,7 +86,7 @@ def blas_threads(n: int | None):
 
 def describe_parallel(model, ranks: int = 1) -> str:
     """How a training step runs, for the command's first line: MPI ranks, and threads per process on NumPy."""
-    from ..parallel import blas_threads as blas_count
+    from ..threads import blas_threads as blas_count
 
     where = f", {ranks} MPI ranks" if ranks > 1 else ""
     if model.backend.name != "numpy":

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..checkpoint import Checkpoint
 from ..data import DataLoader
 from ..layers import CrossEntropyLoss
-from ..train import evaluate
+from ..training import evaluate
 from ._common import add_backend_arguments, add_data_arguments, blas_threads, load_data, model_from_checkpoint
 from ._types import positive
 

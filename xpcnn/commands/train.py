@@ -23,7 +23,7 @@ from ..cli import CLIError
 from ..data import Augment, DataLoader, Normalizer
 from ..distributed import DistributedOptimizer, ShardedLoader
 from ..layers import CrossEntropyLoss
-from ..train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
+from ..training import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
 from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
                       make_model)
 from ..errors import InputError, InputValueError

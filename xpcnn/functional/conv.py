@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
-from .. import config, kernels, parallel
+from .. import config, kernels, threads
 from ._util import add_rows_bias, conv_padding, empty_nchw, itemsize, out_size, pair, rows_sum, window, window_key
 
 
@@ -136,7 +136,7 @@ def _batch_chunk(n: int, sample_values: int, value_bytes: int, layout: str = "im
 def _chunks(a: int, b: int, size: int) -> list:
     """``[a, b)`` as the fewest runs of at most ``size``, their lengths differing by at most one: no short tail
     chunk paying a whole chunk's fixed costs (LeNet conv2, batch 64 per worker in chunks of 58: 58 + 6)."""
-    return parallel.even_ranges(a, b, -(-(b - a) // size))
+    return threads.even_ranges(a, b, -(-(b - a) // size))
 
 
 def _pad_chunk(x, n0: int, n1: int, pads, buf):
@@ -631,13 +631,13 @@ class ConvContext(NamedTuple):
 
 def _shards(xp, x, sample_values: int) -> list:
     """A convolution's batch shards of ``x`` for the worker threads (forward and backward): one per worker where
-    each gets at least :data:`xpcnn.parallel.MIN_SHARD_BYTES` of columns (``sample_values`` a sample; of input
+    each gets at least :data:`xpcnn.threads.MIN_SHARD_BYTES` of columns (``sample_values`` a sample; of input
     where the input rows are the columns and ``sample_values`` is 0), else the whole batch here. LeNet at 2
     threads, batch 16 / 32, forward 1.21 / 1.61 ms split, 0.76 / 1.24 not (1 thread: 0.76 / 1.24); backward
     (model, input gradient off) 1.65-1.89 / 2.19-2.35 split, 1.14-1.15 / 1.90-1.91 not; training steps
     2.83-3.05 -> 2.25-2.27 ms and 4.0-4.1 -> 3.6 ms (alternating processes)."""
     values = sample_values or math.prod(x.shape[1:])
-    return parallel.ranges(x.shape[0], values * itemsize(xp, x.dtype))
+    return threads.ranges(x.shape[0], values * itemsize(xp, x.dtype))
 
 
 def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, ow: int, flipped: bool = False):
@@ -645,7 +645,7 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
     nb, cols)``: the weight as ordered for the columns, the column layout and its width block, samples per
     chunk, and the columns of the
     batch when column caching is on and one chunk holds it (else None). Batch shards run on the
-    :mod:`~xpcnn.parallel` workers, each with its own column buffer. ``flipped`` (the plain path,
+    :mod:`~xpcnn.threads` workers, each with its own column buffer. ``flipped`` (the plain path,
     :func:`_tensor_gemm`, groups 1): convolve with ``weight (C, F, kh, kw)`` flipped in space and its channel
     axes swapped, by columns in reversed offset order (no flipped copy of the weight)."""
     n, c, h, w = x.shape
@@ -680,7 +680,7 @@ def _forward_rows(xp, x, weight, pads, stride, dilation, groups: int, oh: int, o
         for n0, n1 in _chunks(a, b, nb):
             rows = (slice(n0, n1), Ellipsis) if split else (slice(n0 * oh * ow, n1 * oh * ow), slice(None))
             y[rows] = _gemm(xp, columns(n0 - a, n1 - a), wk, layout, groups, f, weight, axis)
-    parallel.run(shard, parts)
+    threads.run(shard, parts)
     return y, wk, layout, block, nb, None
 
 
@@ -951,7 +951,7 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
             _banded_dx(xp, bands, kh, dyh[a * oh * ow:b * oh * ow, :], dx, a, pads, dilation, oh, ow, sub)
         return dwk
 
-    partials = parallel.run(shard, parts)
+    partials = threads.run(shard, parts)
     dwk = partials[0]
     for part in partials[1:]:
         dwk = dwk + part

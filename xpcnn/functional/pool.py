@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
-from .. import config, kernels, parallel
+from .. import config, kernels, threads
 from ._util import constant, empty_nchw, itemsize, pad2d, pair, unpad2d, where_zero, window, window_key
 
 
@@ -73,7 +73,7 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     Per window offset: ``y = maximum(y, s)`` (NaN propagates) and the offset of the first maximum (the last
     NaN where there is one, as PyTorch) as ``idx = maximum(idx, k * better)``: offsets only grow, so no
     ``where`` is needed (NumPy's is several times slower than these element-wise ops). Batch shards run on the
-    :mod:`~xpcnn.parallel` workers.
+    :mod:`~xpcnn.threads` workers.
     """
     xp = array_namespace(x)
     kernel, stride, dilation, pads, oh, ow = pool_geometry(x.shape, kernel_size, stride, padding, dilation,
@@ -84,7 +84,7 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
     fast = kernels.get("max_pool2d", xp) if dilation == (1, 1) else None
     if config.gpu_plan(x) and tiles(x.shape, kernel, stride, dilation, pads, oh, ow):
         return _max_pool_tiled(xp, x, kernel)
-    parts = [] if fast is not None else parallel.ranges(n, c * h * w * itemsize(xp, x.dtype))
+    parts = [] if fast is not None else threads.ranges(n, c * h * w * itemsize(xp, x.dtype))
     if fast is not None:
         y, idx = fast(pad2d(x, pads, float(xp.finfo(x.dtype).min)), kernel, stride, oh, ow, idx_dtype)
     elif len(parts) == 1:
@@ -96,7 +96,7 @@ def max_pool2d_forward(x, kernel_size: Any, stride: Any = None, padding: Any = 0
         def shard(a: int, b: int) -> None:
             y[a:b, ...], idx[a:b, ...] = _max_pool_shard(xp, x[a:b, ...], kernel, stride, dilation, pads, oh, ow,
                                                          idx_dtype)
-        parallel.run(shard, parts)
+        threads.run(shard, parts)
     return y, (idx, x.shape, padded_shape, kernel, stride, pads, dilation)
 
 
@@ -226,7 +226,7 @@ def max_pool2d_backward(dy, ctx):
                     dxs[key] = g
                 else:
                     dxs[key] += g
-    parallel.run(shard, parallel.ranges(dy.shape[0], math.prod(padded_shape[1:]) * itemsize(xp, dy.dtype)))
+    threads.run(shard, threads.ranges(dy.shape[0], math.prod(padded_shape[1:]) * itemsize(xp, dy.dtype)))
     return unpad2d(dx, pads)
 
 

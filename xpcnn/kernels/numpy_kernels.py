@@ -2,7 +2,7 @@
 
 Each does what a portable function in ``xpcnn.functional`` does (the reference, which the tests compare it
 with), faster. The element-wise ones (ReLU, batch norm, max pooling) write into their outputs (``out=``)
-instead of allocating temporaries, split the batch (or rows) over the :mod:`xpcnn.parallel` workers, and
+instead of allocating temporaries, split the batch (or rows) over the :mod:`xpcnn.threads` workers, and
 within a shard work in blocks of ~256 KiB, so that a temporary stays in cache. The im2col ones copy every
 window at once through one ``as_strided`` view instead of one slice per kernel offset.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .. import parallel
+from .. import threads
 
 BLOCK_BYTES = 256 * 2 ** 10
 
@@ -23,7 +23,7 @@ def _sample_bytes(a: np.ndarray) -> int:
 
 def _sharded(fn, a: np.ndarray) -> list:
     """``fn(i, j)`` over the worker shards of the first axis of ``a``; results in shard order."""
-    return parallel.run(fn, parallel.ranges(a.shape[0], _sample_bytes(a)))
+    return threads.run(fn, threads.ranges(a.shape[0], _sample_bytes(a)))
 
 
 def _block_rows(row_bytes: int) -> int:
@@ -31,7 +31,7 @@ def _block_rows(row_bytes: int) -> int:
     fewer and longer NumPy calls collide less often on the GIL (LeNet pool1 forward + backward at 2 threads
     1.44 -> 1.21 ms with 512 KiB blocks, vgg-small pool1 5.7 -> 5.2 ms; at 1 thread 256 KiB stays best for
     vgg-small, 8.1 vs 8.8 ms)."""
-    return max(1, BLOCK_BYTES * parallel.workers() // max(1, row_bytes))
+    return max(1, BLOCK_BYTES * threads.workers() // max(1, row_bytes))
 
 
 def _blocks(a: int, b: int, row_bytes: int):

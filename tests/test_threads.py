@@ -1,4 +1,4 @@
-"""Intra-op worker threads (xpcnn.parallel) and the malloc setting (xpcnn.malloc) on the NumPy backend.
+"""Intra-op worker threads (xpcnn.threads) and the malloc setting (xpcnn.malloc) on the NumPy backend.
 
 Ops split over workers must give what the single-threaded ops give (float64, ~1e-12: only the order of
 the partial sums over shards differs), on every conv path, and the same bits on every rerun.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import xpcnn
-from xpcnn import config, malloc, parallel
+from xpcnn import config, malloc, threads
 from xpcnn.functional import conv2d_backward, conv2d_forward
 from xpcnn.models import build_model
 
@@ -20,12 +20,12 @@ from xpcnn.models import build_model
 def workers(monkeypatch):
     """``workers(n)``: enter a step with n worker threads (config.set_num_threads); restored afterwards. Shards
     of any size, so that the small test arrays are split too."""
-    monkeypatch.setattr(parallel, "MIN_SHARD_BYTES", 1)
+    monkeypatch.setattr(threads, "MIN_SHARD_BYTES", 1)
     stack = []
 
     def enter(n):
         config.set_num_threads(n)
-        cm = parallel.step(np)
+        cm = threads.step(np)
         stack.append(cm)
         return cm.__enter__()
     yield enter
@@ -41,16 +41,16 @@ def _needs_threadpoolctl():
 
 
 def test_ranges_split_the_batch_into_contiguous_shards(workers, monkeypatch):
-    assert parallel.ranges(10) == [(0, 10)]  # outside a step: one shard
+    assert threads.ranges(10) == [(0, 10)]  # outside a step: one shard
     _needs_threadpoolctl()
-    assert workers(3) == 3 and parallel.workers() == 3
-    assert parallel.ranges(10) == [(0, 4), (4, 7), (7, 10)]
-    assert parallel.ranges(2) == [(0, 1), (1, 2)]
-    assert parallel.ranges(1) == [(0, 1)]
-    monkeypatch.setattr(parallel, "MIN_SHARD_BYTES", 1024)
-    assert parallel.ranges(10, item_bytes=256) == [(0, 5), (5, 10)]  # >= 4 items per shard
-    assert parallel.ranges(10, item_bytes=1024) == [(0, 4), (4, 7), (7, 10)]
-    assert parallel.ranges(10, item_bytes=1) == [(0, 10)]  # too little work to split
+    assert workers(3) == 3 and threads.workers() == 3
+    assert threads.ranges(10) == [(0, 4), (4, 7), (7, 10)]
+    assert threads.ranges(2) == [(0, 1), (1, 2)]
+    assert threads.ranges(1) == [(0, 1)]
+    monkeypatch.setattr(threads, "MIN_SHARD_BYTES", 1024)
+    assert threads.ranges(10, item_bytes=256) == [(0, 5), (5, 10)]  # >= 4 items per shard
+    assert threads.ranges(10, item_bytes=1024) == [(0, 4), (4, 7), (7, 10)]
+    assert threads.ranges(10, item_bytes=1) == [(0, 10)]  # too little work to split
 
 
 def test_run_keeps_shard_order_uses_threads_and_reraises(workers):
@@ -61,7 +61,7 @@ def test_run_keeps_shard_order_uses_threads_and_reraises(workers):
     def fn(a, b):
         seen.append(threading.current_thread().name)
         return (a, b)
-    assert parallel.run(fn, [(0, 3), (3, 5), (5, 9)]) == [(0, 3), (3, 5), (5, 9)]
+    assert threads.run(fn, [(0, 3), (3, 5), (5, 9)]) == [(0, 3), (3, 5), (5, 9)]
     assert threading.current_thread().name in seen and any(s.startswith("xpcnn") for s in seen)
 
     def boom(a, b):
@@ -69,19 +69,19 @@ def test_run_keeps_shard_order_uses_threads_and_reraises(workers):
             raise ValueError(f"shard {a}")
         return a
     with pytest.raises(ValueError, match="shard 2"):
-        parallel.run(boom, [(0, 2), (2, 4)])
+        threads.run(boom, [(0, 2), (2, 4)])
 
 
 def test_step_sets_blas_to_one_thread_and_restores_it():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        with parallel.step(np) as n:
-            assert n == 2 and parallel.workers() == 2
-            assert parallel.blas_threads() == 1
-            with parallel.step(np) as inner:  # nested (a layer inside a model step): unchanged
+        with threads.step(np) as n:
+            assert n == 2 and threads.workers() == 2
+            assert threads.blas_threads() == 1
+            with threads.step(np) as inner:  # nested (a layer inside a model step): unchanged
                 assert inner == 2
-        assert parallel.workers() == 1 and parallel.blas_threads() == 2
-    with threadpoolctl.threadpool_limits(1, user_api="blas"), parallel.step(np) as n:
+        assert threads.workers() == 1 and threads.blas_threads() == 2
+    with threadpoolctl.threadpool_limits(1, user_api="blas"), threads.step(np) as n:
         assert n == 1  # follows the BLAS count
 
 
@@ -89,8 +89,8 @@ def test_step_is_a_no_op_off_numpy():
     strict = pytest.importorskip("array_api_strict")
     config.set_num_threads(4)
     try:
-        with parallel.step(strict) as n:
-            assert n == 1 and parallel.ranges(8) == [(0, 8)]
+        with threads.step(strict) as n:
+            assert n == 1 and threads.ranges(8) == [(0, 8)]
     finally:
         config.set_num_threads(None)
 
@@ -241,9 +241,9 @@ def test_nested_shards_run_inline(workers):
     are busy with the outer shards, so waiting on them would deadlock."""
     _needs_threadpoolctl()
     workers(2)
-    inner = parallel.run(lambda a, b: parallel.ranges(8), [(0, 1), (1, 2)])
+    inner = threads.run(lambda a, b: threads.ranges(8), [(0, 1), (1, 2)])
     assert inner == [[(0, 8)], [(0, 8)]]
-    assert parallel.ranges(8) == [(0, 4), (4, 8)]
+    assert threads.ranges(8) == [(0, 4), (4, 8)]
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork: POSIX only")
@@ -252,14 +252,14 @@ def test_a_forked_child_gets_a_working_pool(workers):
     import os
     _needs_threadpoolctl()
     workers(2)
-    assert parallel.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]  # the parent's pool exists now
+    assert threads.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]  # the parent's pool exists now
     pid = os.fork()
     if pid == 0:  # child: a 2-shard run must finish; exit code 0 if it does, and never return into pytest
         ok = False
         try:
             config.set_num_threads(2)
-            with parallel.step(np):
-                ok = parallel.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]
+            with threads.step(np):
+                ok = threads.run(lambda a, b: b - a, [(0, 1), (1, 3)]) == [1, 2]
         finally:
             os._exit(0 if ok else 1)
     for _ in range(200):  # up to 10 s
@@ -296,10 +296,10 @@ def test_conv_splits_the_batch_only_where_each_shard_has_work(workers, monkeypat
     _needs_threadpoolctl()
     from xpcnn.functional import conv as C
     workers(2)
-    monkeypatch.setattr(parallel, "MIN_SHARD_BYTES", 2 ** 20)
+    monkeypatch.setattr(threads, "MIN_SHARD_BYTES", 2 ** 20)
     shard_lists = []
-    real_run = parallel.run
-    monkeypatch.setattr(parallel, "run", lambda fn, parts: shard_lists.append(len(parts)) or real_run(fn, parts))
+    real_run = threads.run
+    monkeypatch.setattr(threads, "run", lambda fn, parts: shard_lists.append(len(parts)) or real_run(fn, parts))
     rng = np.random.default_rng(0)
     # float64, 1 -> 6 channels, 5x5 at 28x28: a sample's columns are 28 * 7 * 5 * 8 * 8 bytes = 62.7 KiB
     for n, forward, backward in ((16, [], [1]), (40, [2], [2])):

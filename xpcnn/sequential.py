@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from . import malloc, parallel
+from . import malloc, threads
 from .backend import Backend, get_backend
 from .layers.activation import ReLU
 from .layers.module import Module
@@ -68,7 +68,7 @@ class Sequential(Module):
 
     def forward(self, x):
         """Run every layer; returns an array of the model's backend (on NumPy with more than one worker thread
-        the ops split over threads, :mod:`xpcnn.parallel`). A Sequential nested in a model (in a ``Residual``, or
+        the ops split over threads, :mod:`xpcnn.threads`). A Sequential nested in a model (in a ``Residual``, or
         as a layer) runs only its layers: moving the input and the threads are the outermost model's."""
         if self.path:  # nested: the model it is part of set its name
             return self._forward_layers(x)
@@ -83,7 +83,7 @@ class Sequential(Module):
         return y
 
     def _forward_layers(self, x):
-        with parallel.step(self.backend.xp):
+        with threads.step(self.backend.xp):
             for i in self.run_order():
                 x = self.layers[i].forward(x)
         return x
@@ -136,7 +136,7 @@ class Sequential(Module):
         stop = 0
         if not input_grad:
             stop = next((i for i, m in enumerate(self.layers) if m.parameters()), len(self.layers))
-        with parallel.step(self.backend.xp):
+        with threads.step(self.backend.xp):
             for i in reversed([i for i in self.run_order() if i >= stop]):  # a reordered pair never spans stop
                 layer = self.layers[i]
                 if i == stop and not input_grad:

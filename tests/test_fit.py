@@ -10,7 +10,7 @@ from xpcnn.checkpoint import load_checkpoint, save_checkpoint
 from xpcnn.data import DataLoader, Normalizer
 from xpcnn.datasets import load_dataset, load_digits
 from xpcnn.models import build_model
-from xpcnn.train import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
+from xpcnn.training import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -148,7 +148,7 @@ def test_fashion_mnist_one_short_epoch():
 
 def test_progress_bar_is_tqdm_on_a_terminal_and_silent_otherwise(monkeypatch):
     import io
-    from xpcnn.train import Progress
+    from xpcnn.training import Progress
 
     monkeypatch.setattr(Progress, "MIN_INTERVAL", 0.0)  # draw every update
 
