@@ -9,9 +9,11 @@ window at once through one ``as_strided`` view instead of one slice per kernel o
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import numpy as xnp
 from numpy.lib.stride_tricks import as_strided
 
 from .. import threads
+from ..functional._util import empty_nchw, window
 
 BLOCK_BYTES = 256 * 2 ** 10
 
@@ -201,26 +203,17 @@ def im2col_kmajor(xpad: np.ndarray, col: np.ndarray, stride, dilation) -> np.nda
     return out
 
 
-def _empty_nchw(shape, dtype) -> np.ndarray:
-    n, c, h, w = shape
-    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
-
-
-def _window(a: np.ndarray, i: int, j: int, stride, oh: int, ow: int) -> np.ndarray:
-    return a[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
-
-
 def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     """``(y, idx)`` of max pooling over the (already padded) ``x``, as the portable loop computes them (first
     maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (vgg-small pool1 forward
     6.4 -> 4.4 ms)."""
     n, c = x.shape[0], x.shape[1]
-    y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
+    y, idx = empty_nchw(xnp, (n, c, oh, ow), x.dtype, None), empty_nchw(xnp, (n, c, oh, ow), idx_dtype, None)
     sample_bytes = _sample_bytes(y)
 
     def shard(a, b):  # blocks of ~256 KiB of output: the passes run on output-sized arrays
         rows = min(b - a, _block_rows(sample_bytes))
-        better, nan, k_or_0 = (_empty_nchw((rows, c, oh, ow), t) for t in (bool, bool, idx_dtype))
+        better, nan, k_or_0 = (empty_nchw(xnp, (rows, c, oh, ow), t, None) for t in (bool, bool, idx_dtype))
         for r0, r1 in _blocks(a, b, sample_bytes):
             m = r1 - r0
             block = (x[r0:r1], y[r0:r1], idx[r0:r1], better[:m], nan[:m], k_or_0[:m])
@@ -236,7 +229,7 @@ def _max_pool_block(x, y, idx, better, nan, k_or_0, kernel, stride, oh: int, ow:
     pass (two passes fewer per offset) gives the same result; the caller checks."""
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            s = _window(x, i, j, stride, oh, ow)
+            s = window(x, i, j, stride, (1, 1), oh, ow)
             if i == j == 0:
                 np.copyto(y, s)
                 idx[...] = 0
@@ -259,20 +252,20 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, s
     n, c, h, w = padded_shape
     oh, ow = dy.shape[2], dy.shape[3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
-    dx = _empty_nchw(padded_shape, dy.dtype)
+    dx = empty_nchw(xnp, padded_shape, dy.dtype, None)
     if not disjoint or (oh * stride[0], ow * stride[1]) != (h, w) or tuple(stride) != tuple(kernel):
         dx[...] = 0  # sums of overlapping windows, or positions no window covers
     sample_bytes = _sample_bytes(dy)
 
     def shard(a, b):
         rows = min(b - a, _block_rows(sample_bytes))
-        eq, prod = _empty_nchw((rows, c, oh, ow), dy.dtype), _empty_nchw((rows, c, oh, ow), dy.dtype)
+        eq, prod = (empty_nchw(xnp, (rows, c, oh, ow), dy.dtype, None) for _ in range(2))
         for r0, r1 in _blocks(a, b, sample_bytes):
             e, t = eq[:r1 - r0], prod[:r1 - r0]
             for i in range(kernel[0]):
                 for j in range(kernel[1]):
                     np.equal(idx[r0:r1], idx.dtype.type(i * kernel[1] + j), out=e, casting="unsafe")
-                    win = _window(dx[r0:r1], i, j, stride, oh, ow)
+                    win = window(dx[r0:r1], i, j, stride, (1, 1), oh, ow)
                     if disjoint:
                         np.multiply(dy[r0:r1], e, out=win)
                     else:

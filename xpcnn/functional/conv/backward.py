@@ -15,19 +15,19 @@ from .weight_grad import as_weight, by_group, chunk_part
 
 def conv2d_backward(dy, ctx):
     """Gradients ``(dx, dweight, dbias)`` of :func:`~.forward.conv2d_forward` (dbias is None without bias)."""
-    return conv2d_backward_params(dy, ctx, need_dx=True)
+    return conv2d_backward_params(dy, ctx, input_grad=True)
 
 
-def _empty_batch(xp, dy, ctx, need_dx: bool):
+def _empty_batch(xp, dy, ctx, input_grad: bool):
     """The gradients of an empty batch: zero weight and bias gradients, an empty input gradient."""
     dev = device(dy)
     dw = xp.zeros(ctx.weight.shape, dtype=dy.dtype, device=dev)
     db = xp.zeros((ctx.weight.shape[0],), dtype=dy.dtype, device=dev) if ctx.has_bias else None
-    return (empty_nchw(xp, ctx.x.shape, dy.dtype, dev) if need_dx else None), dw, db
+    return (empty_nchw(xp, ctx.x.shape, dy.dtype, dev) if input_grad else None), dw, db
 
 
-def conv2d_backward_params(dy, ctx, need_dx: bool = False):
-    """As :func:`conv2d_backward`; with ``need_dx=False`` dx is None and its GEMM and col2im are skipped
+def conv2d_backward_params(dy, ctx, input_grad: bool = False):
+    """As :func:`conv2d_backward`; with ``input_grad=False`` dx is None and its GEMM and col2im are skipped
     (the first layer of a training step: nothing consumes the input gradient). What runs is the
     :class:`~.planner.BackwardPlan` of ``ctx`` under the settings in force."""
     xp = array_namespace(dy, ctx.weight)
@@ -35,8 +35,8 @@ def conv2d_backward_params(dy, ctx, need_dx: bool = False):
     n, f = x.shape[0], weight.shape[0]
     oh, ow = ctx.oh, ctx.ow
     if n == 0:  # an empty batch: no gradient to sum
-        return _empty_batch(xp, dy, ctx, need_dx)
-    plan = planner.plan_backward(xp, ctx, need_dx)
+        return _empty_batch(xp, dy, ctx, input_grad)
+    plan = planner.plan_backward(xp, ctx, input_grad)
     dev = device(dy)
     split = plan.tensordot  # 6-D columns, tensordot with dY itself
     rows = not split or plan.dcol  # dY as channels-last rows

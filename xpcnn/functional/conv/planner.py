@@ -223,8 +223,8 @@ def backward_algorithm(ctx) -> str:
     return _name(_input_grad(s, ctx, _plain(s, ctx.x)), ctx)
 
 
-def plan_backward(xp, ctx, need_dx: bool) -> BackwardPlan:
-    """The backward's plan for ``ctx``; ``need_dx`` False: no input gradient."""
+def plan_backward(xp, ctx, input_grad: bool) -> BackwardPlan:
+    """The backward's plan for ``ctx``; ``input_grad`` False: no input gradient."""
     s = config.settings()
     plain = _plain(s, ctx.x)
     algorithm = _input_grad(s, ctx, plain)
@@ -235,7 +235,7 @@ def plan_backward(xp, ctx, need_dx: bool) -> BackwardPlan:
         values = column_values(ctx.algorithm, ctx.x.shape[1], (kh, kw), ctx.oh, ctx.ow, ctx.stride, ctx.dilation,
                                ctx.block, ctx.pads)
         parts = shards(xp, ctx.x, values)
-    return BackwardPlan(input_grad=algorithm if need_dx else None, name=_name(algorithm, ctx),
+    return BackwardPlan(input_grad=algorithm if input_grad else None, name=_name(algorithm, ctx),
                         tensordot=ctx.wk is None and ctx.algorithm == "im2col_nhwc",
                         channels_last=ctx.algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN,
                         separable=kh > 1 and kw > 1 and plain, flipped=plain, shards=parts)
