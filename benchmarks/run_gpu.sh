@@ -45,7 +45,7 @@ if ! $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT
 else
   rm -f "$OUT/install.log"  # at most 8 files come back from $OUT
 fi
-XPCNN="$PY -m xpcnn.cli"
+XPCNN="$PY -m xpcnn"
 
 # -- what we run on ------------------------------------------------------------------------------
 {
