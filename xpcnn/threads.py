@@ -1,8 +1,8 @@
 """Intra-op threads for the NumPy backend: batch shards on worker threads, BLAS one thread per call.
 
 PyTorch splits every op over its threads. NumPy runs element-wise loops and copies on one core, and
-OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call: a second thread doing
-NumPy work in the meantime ran no faster (measured). So while a model step runs (``Sequential.forward`` and
+OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call, so a second thread doing
+NumPy work meanwhile gains nothing (docs/measurements.md). So while a model step runs (``Sequential.forward`` and
 ``backward``, inside :func:`step`), xpcnn sets BLAS to one thread and splits the batch of convolutions,
 batch norm, ReLU and pooling into one contiguous shard per worker; NumPy releases the GIL in its loops and
 in BLAS, so the shards run at once.
@@ -79,7 +79,7 @@ def step(xp) -> Iterator[int]:
             lc.set_num_threads(k)
 
 
-MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread: ReLU of (128, 120) took 0.12 ms on 2, 0.01 on 1
+MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread (docs/measurements.md)
 
 
 def ranges(n: int, item_bytes: int = 0) -> list[tuple[int, int]]:
