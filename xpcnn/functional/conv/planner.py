@@ -2,28 +2,29 @@
 
 Settings are read here only (:func:`xpcnn.config.settings`: ``conv_layout``, ``conv_input_grad``, ``plan``,
 ``workspace_limit``, ``cache_columns``), and every tuned constant is named here once; the measurements behind
-them are in ``docs/measurements.md`` ("Convolution"). :func:`plan_forward` is asked at the forward,
+them are in ``docs/measurements.md`` ("Convolution"), these tables also in ``docs/convolution.md``.
+:func:`plan_forward` is asked at the forward,
 :func:`plan_backward` at the backward (with the settings then in force).
 
 Forward columns (``conv_layout``; C = input channels, F = filters, G = groups):
 
-====================================  ==================  ===================================================
-shape / setting / device               layout              why
-====================================  ==================  ===================================================
-GPU plan, both settings "auto", G = 1  im2col_nhwc, plain  fewest array operations (each a launch): tensordot
-                                                           with the weight as it lies, columns in kh + kw
-                                                           copies (kernel >= 2x2), kept for the backward
-                                                           where one chunk holds the batch
-GPU plan, both "auto", G > 1           im2col              (no channels-innermost grouped columns)
-conv_layout forced                     that layout, G = 1  tests cover every path; G > 1: im2col.
-                                                           im2col_blocked: smallest divisor of ow <= MAX_BLOCK
-G = 1, C >= CHANNELS_LAST_MIN          im2col_nhwc         contiguous runs of C values, one GEMM K = kh*kw*C
-G = 1, C < CHANNELS_LAST_MIN, F <      im2col_blocked      B outputs a row: windows copied once, not B times;
-BLOCK_MIN_COLUMNS, a divisor B <=                          the GEMM gets B*F >= BLOCK_MIN_COLUMNS columns
-MAX_BLOCK of ow with B*F >= it
-otherwise                              im2col              ow innermost: copies of 1-15 channels per position
-                                                           would be far slower
-====================================  ==================  ===================================================
+======================================  ==================  ===================================================
+shape / setting / device                layout              why
+======================================  ==================  ===================================================
+GPU plan, both settings "auto", G = 1   im2col_nhwc, plain  fewest array operations (each a launch): tensordot
+                                                            with the weight as it lies, columns in kh + kw
+                                                            copies (kernel >= 2x2), kept for the backward
+                                                            where one chunk holds the batch
+GPU plan, both "auto", G > 1            im2col              no channels-innermost grouped columns
+conv_layout forced                      that layout, G = 1  tests cover every path; G > 1: im2col;
+                                                            im2col_blocked: smallest divisor of ow <= MAX_BLOCK
+G = 1, C >= CHANNELS_LAST_MIN           im2col_nhwc         contiguous runs of C values, one GEMM K = kh*kw*C
+G = 1, C < CHANNELS_LAST_MIN,           im2col_blocked      B outputs a row: windows copied once, not B times;
+F < BLOCK_MIN_COLUMNS, a divisor                            the GEMM gets B*F >= BLOCK_MIN_COLUMNS columns
+B <= MAX_BLOCK of ow with B*F >= it
+otherwise                               im2col              ow innermost: copies of 1-15 channels per position
+                                                            would be far slower
+======================================  ==================  ===================================================
 
 Input gradient (``conv_input_grad``; the first row that applies; "plain" as above):
 
