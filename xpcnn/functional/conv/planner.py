@@ -3,8 +3,8 @@
 Settings are read here only (:func:`xpcnn.config.settings`: ``conv_layout``, ``conv_input_grad``, ``plan``,
 ``workspace_limit``, ``cache_columns``), and every tuned constant is named here once; the measurements behind
 them are in ``docs/measurements.md`` ("Convolution"), these tables also in ``docs/convolution.md``.
-:func:`plan_forward` is asked at the forward,
-:func:`plan_backward` at the backward (with the settings then in force).
+:func:`plan_forward` is asked at the forward, :func:`plan_backward` at the backward (with the settings then in
+force).
 
 Forward columns (``conv_layout``; C = input channels, F = filters, G = groups):
 
