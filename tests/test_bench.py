@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from gpu_support import HAVE_CUPY
-from xpcnn.bench import RESULT_KEYS, format_report, plot_report, run_benchmark
+from xpcnn.tools.bench import RESULT_KEYS, format_report, plot_report, run_benchmark
 from xpcnn.cli import main
 
 TINY = ["--models", "digits-cnn", "--batch-sizes", "2,4", "--repeats", "2", "--warmup", "1"]

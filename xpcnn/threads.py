@@ -45,10 +45,31 @@ def _blas_controllers() -> list:
     return _blas or []
 
 
-def blas_threads() -> int:
-    """The BLAS thread count NumPy would use now (1 when unknown)."""
-    counts = [lc.get_num_threads() for lc in _blas_controllers()]
-    return max([c for c in counts if c] or [1])
+THREADPOOLCTL_MISSING = "threadpoolctl is not installed (pip install threadpoolctl)"
+
+
+def blas_threads(unknown: int | None = 1) -> int | None:
+    """The BLAS thread count NumPy would use now; ``unknown`` without threadpoolctl or a BLAS it finds."""
+    counts = [c for c in (lc.get_num_threads() for lc in _blas_controllers()) if c]
+    return max(counts) if counts else unknown
+
+
+@contextmanager
+def limit_blas(n: int | None, required: bool = True) -> Iterator[None]:
+    """BLAS at ``n`` threads inside the block, as it was after it (``None``: as it is); the one place xpcnn sets
+    the BLAS threads apart from :func:`step`. Without threadpoolctl: ``ImportError(THREADPOOLCTL_MISSING)`` on
+    entering, or (``required=False``) BLAS as it is."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if n is not None and required:
+            raise ImportError(THREADPOOLCTL_MISSING) from None
+        n = None
+    if n is None:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 def workers() -> int:
