@@ -13,8 +13,8 @@ forward, loss, backward and an SGD(momentum=0.9) update, batch 128, float32.  Th
 step after each switch is run but not timed, for both frameworks: PyTorch's OpenMP threads
 keep spinning for several milliseconds after its step (libgomp's default spin count) and
 take a core from whatever runs next (measured: docs/measurements.md, "Benchmarks and
-tools"). Alternating single steps (``--block 1``, the method of the earlier RESULTS.md
-sections) charges that to xpcnn.  ``--apart`` times each
+tools"). Alternating single steps (``--block 1``, the method of the early entries in
+benchmarks/history/) charges that to xpcnn.  ``--apart`` times each
 framework alone in fresh processes instead, alternating xpcnn and PyTorch processes
 for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kinds of
 process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch
