@@ -73,6 +73,12 @@ def limit_blas(n: int | None, required: bool = True) -> Iterator[None]:
         yield
 
 
+def step_threads() -> int:
+    """The threads a model step on NumPy would run on now (:func:`step`): ``num_threads`` if set, else the BLAS
+    thread count (one worker where threadpoolctl is missing)."""
+    return config.get_num_threads() or blas_threads()
+
+
 def workers() -> int:
     """Shards per op in the current step (1 outside :func:`step`, or off NumPy)."""
     return _workers
@@ -86,7 +92,7 @@ def step(xp) -> Iterator[int]:
     if _active or not is_numpy_namespace(xp) or config.gpu_plan():
         yield _workers
         return
-    n = config.get_num_threads() or blas_threads()
+    n = step_threads()
     libs = _blas_controllers() if n > 1 else []  # one worker: BLAS as it is
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ContextManager
 
-from .. import config
 from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
 from ..models import MODELS, build_model
 from ..errors import InputError, InputValueError
-from ..threads import blas_threads, limit_blas
+from ..threads import limit_blas, step_threads
 from ._types import non_negative, positive
 
 
@@ -83,7 +82,7 @@ def describe_parallel(model, ranks: int = 1) -> str:
     where = f", {ranks} MPI ranks" if ranks > 1 else ""
     if model.backend.name != "numpy":
         return where
-    n = config.get_num_threads() or blas_threads()
+    n = step_threads()
     return where + (", 1 thread" if n <= 1 else f", {n} threads") + (" each" if ranks > 1 else "")
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Callable, Sequence
 
-from ... import config
 from ...backend import Backend, get_backend
 from ...errors import InputValueError
 from ...models import MODEL_INPUTS
-from ...threads import blas_threads, limit_blas
+from ...threads import blas_threads, limit_blas, step_threads
 from .layers import layer_breakdown
 from .machine import machine_info
 from .runners import LR, MOMENTUM, TorchRunner, XpcnnRunner
@@ -39,7 +38,7 @@ def _cpu_parallel(runner) -> str | None:
     """How an xpcnn NumPy train step spread over the CPU: "N threads" or "1 thread"."""
     if runner.framework != "xpcnn" or runner.backend.name != "numpy":
         return None
-    n = config.get_num_threads() or blas_threads()
+    n = step_threads()
     return f"{n} thread" + ("s" if n > 1 else "")
 
 
