@@ -32,6 +32,12 @@ def test_bench_cpu_alternates_blocks_after_an_untimed_call():
     assert len(only["a"]) == 4 and "".join(calls) == "aaaa"  # one function: nothing untimed
 
 
+def test_bench_cpu_block_1_alternates_single_steps_with_nothing_untimed():
+    calls, fns = _recorder()
+    times = _bench_cpu().time_steps(fns, reps=3, warmup=0, block=1)
+    assert [len(t) for t in times.values()] == [3, 3] and "".join(calls) == "ababab"
+
+
 def test_xpcnn_bench_alternates_blocks_of_half_the_repeats():
     calls, fns = _recorder()
     times = timing.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4, settle=0)
