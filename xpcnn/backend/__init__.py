@@ -20,10 +20,10 @@ from .numpy_backend import NumpyBackend  # noqa: E402  (isort: skip)
 from .cupy_backend import CupyBackend  # noqa: E402  (isort: skip)
 from .strict_backend import ArrayApiStrictBackend  # noqa: E402  (isort: skip)
 from .torch_backend import TorchBackend  # noqa: E402  (isort: skip)
-from .arrays import asarray_like, device_context, on_gpu, to_numpy  # noqa: E402
+from .arrays import as_numpy, asarray_like, device_context, on_gpu, to_numpy  # noqa: E402
 
 BACKENDS = registry.names()
 
 __all__ = ["BACKENDS", "DTYPES", "ArrayApiStrictBackend", "Backend", "BackendError", "CupyBackend", "NumpyBackend",
-           "TorchBackend", "UniformSource", "asarray_like", "available_backends", "device_context", "get_backend",
+           "TorchBackend", "UniformSource", "as_numpy", "asarray_like", "available_backends", "device_context", "get_backend",
            "import_library", "on_gpu", "to_numpy"]

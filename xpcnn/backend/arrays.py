@@ -15,6 +15,11 @@ def to_numpy(a: Any) -> np.ndarray:
     return Backend.library_of(a).host_copy(a)
 
 
+def as_numpy(a: Any) -> np.ndarray:
+    """``a`` as host NumPy data: a NumPy array itself (no copy), any other a host copy (:func:`to_numpy`)."""
+    return a if isinstance(a, np.ndarray) else to_numpy(a)
+
+
 def on_gpu(a: Any) -> bool:
     """Whether ``a`` lives on a GPU (CuPy, or torch on CUDA)."""
     return Backend.library_of(a).array_on_gpu(a)
