@@ -1,4 +1,4 @@
-"""The backend registry: each library's class is what ``Backend(spec)`` builds, and an unknown spec names the known ones."""
+"""The backend registry: each library's class is what ``Backend(spec)`` builds; an unknown spec names the known ones."""
 from __future__ import annotations
 
 import pickle

@@ -14,16 +14,18 @@ from __future__ import annotations
 from . import registry
 from .base import DTYPES, Backend, BackendError, available_backends, get_backend, import_library
 from .uniform import UniformSource
+from .arrays import as_numpy, asarray_like, device_context, on_gpu, to_numpy
 
-# the libraries, in the order error messages and available_backends() list them
-from .numpy_backend import NumpyBackend  # noqa: E402  (isort: skip)
-from .cupy_backend import CupyBackend  # noqa: E402  (isort: skip)
-from .strict_backend import ArrayApiStrictBackend  # noqa: E402  (isort: skip)
-from .torch_backend import TorchBackend  # noqa: E402  (isort: skip)
-from .arrays import as_numpy, asarray_like, device_context, on_gpu, to_numpy  # noqa: E402
+# isort: off
+# the libraries register in import order: the order error messages and available_backends() list them
+from .numpy_backend import NumpyBackend
+from .cupy_backend import CupyBackend
+from .strict_backend import ArrayApiStrictBackend
+from .torch_backend import TorchBackend
+# isort: on
 
 BACKENDS = registry.names()
 
 __all__ = ["BACKENDS", "DTYPES", "ArrayApiStrictBackend", "Backend", "BackendError", "CupyBackend", "NumpyBackend",
-           "TorchBackend", "UniformSource", "as_numpy", "asarray_like", "available_backends", "device_context", "get_backend",
-           "import_library", "on_gpu", "to_numpy"]
+           "TorchBackend", "UniformSource", "as_numpy", "asarray_like", "available_backends", "device_context",
+           "get_backend", "import_library", "on_gpu", "to_numpy"]
