@@ -15,7 +15,7 @@ several milliseconds after its step (libgomp's default spin count) and take a co
 from whatever runs next (measured, LeNet at 2 threads: the first xpcnn step after
 PyTorch's 14.0 ms, the next five 6.7-7.1 ms; with GOMP_SPINCOUNT=10000 xpcnn 7.1 ms
 and PyTorch 6.4 instead of 6.1). Alternating single steps (``--block 1``, the method of
-the earlier RESULTS.md sections) charges that to xpcnn.  ``--apart`` times each
+the early entries in benchmarks/history/) charges that to xpcnn.  ``--apart`` times each
 framework alone in fresh processes instead, alternating xpcnn and PyTorch processes
 for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kinds of
 process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch

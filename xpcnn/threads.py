@@ -1,8 +1,8 @@
 """Intra-op threads for the NumPy backend: batch shards on worker threads, BLAS one thread per call.
 
 PyTorch splits every op over its threads. NumPy runs element-wise loops and copies on one core, and
-OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call: a second thread doing
-NumPy work in the meantime ran no faster (measured). So while a model step runs (``Sequential.forward`` and
+OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call, so a second thread doing
+NumPy work meanwhile gains nothing (docs/measurements.md). So while a model step runs (``Sequential.forward`` and
 ``backward``, inside :func:`step`), xpcnn sets BLAS to one thread and splits the batch of convolutions,
 batch norm, ReLU and pooling into one contiguous shard per worker; NumPy releases the GIL in its loops and
 in BLAS, so the shards run at once.
@@ -15,6 +15,7 @@ added in shard order.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +79,7 @@ def step(xp) -> Iterator[int]:
             lc.set_num_threads(k)
 
 
-MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread: ReLU of (128, 120) took 0.12 ms on 2, 0.01 on 1
+MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread (docs/measurements.md)
 
 
 def ranges(n: int, item_bytes: int = 0) -> list[tuple[int, int]]:
@@ -131,10 +132,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
-    """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool."""
+    """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool (in
+    this thread's context: :func:`xpcnn.using` holds in them)."""
     if len(parts) <= 1:
         return [fn(*p) for p in parts]
-    futures = [_executor(len(parts) - 1).submit(_in_shard, fn, *p) for p in parts[1:]]
+    # each shard runs in a copy of this thread's context, so the caller's ``xpcnn.using`` settings hold there
+    pool = _executor(len(parts) - 1)
+    futures = [pool.submit(contextvars.copy_context().run, _in_shard, fn, *p) for p in parts[1:]]
     try:
         first = _in_shard(fn, *parts[0])
     finally:

@@ -28,9 +28,7 @@ def _sharded(fn, a: np.ndarray) -> list:
 
 def _block_rows(row_bytes: int) -> int:
     """Rows per block: ``BLOCK_BYTES`` of them on one worker, twice that on two, ...: with worker threads,
-    fewer and longer NumPy calls collide less often on the GIL (LeNet pool1 forward + backward at 2 threads
-    1.44 -> 1.21 ms with 512 KiB blocks, vgg-small pool1 5.7 -> 5.2 ms; at 1 thread 256 KiB stays best for
-    vgg-small, 8.1 vs 8.8 ms)."""
+    fewer and longer NumPy calls collide less often on the GIL (measured: docs/measurements.md)."""
     return max(1, BLOCK_BYTES * threads.workers() // max(1, row_bytes))
 
 
@@ -80,9 +78,9 @@ def _elementwise(kernel):
 
 @_elementwise
 def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``where(mask, a, 0)`` exactly, ~5x faster: NumPy's ``where`` (and every masked copy) runs at a
-    fraction of the speed of a plain multiply. ``a * mask`` equals it unless ``a`` holds inf or NaN
-    where ``mask`` is False (0 * inf = NaN, where the portable path and PyTorch give 0): one
+    """``where(mask, a, 0)`` exactly, faster: NumPy's ``where`` (and every masked copy) runs at a
+    fraction of the speed of a plain multiply (docs/measurements.md). ``a * mask`` equals it unless ``a``
+    holds inf or NaN where ``mask`` is False (0 * inf = NaN, where the portable path and PyTorch give 0): one
     reduction detects that and falls back to ``where``. The result keeps the inputs' memory layout.
     """
     out = _masked_product(a, lambda i, j: mask[i:j])
@@ -160,8 +158,8 @@ def im2col_nhwc(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndar
     """Channels-innermost columns of samples ``n0:n1`` of the channels-last ``xh (N, H, W, C)``, as the rows
     ``(m*oh*ow, kh*kw*C)``: the chunk is copied into the zero-bordered ``pbuf (nb, Hp, Wp, C)``, then every
     window at once through one strided view (``as_strided``) into ``col (nb, oh, ow, kh, kw, C)``. Two copies
-    instead of kh*kw: 1.8x faster on one thread for 32 channels at 32x32, and 3.5x on two, where the portable
-    path's many short copies contend for the GIL."""
+    instead of kh*kw: faster, most on several threads, where the portable path's many short copies contend for
+    the GIL (docs/measurements.md)."""
     s = pbuf.strides
     return _copy_windows(xh, n0, n1, pbuf, col, pads, (s[0], s[1] * stride[0], s[2] * stride[1],
                                                       s[1] * dilation[0], s[2] * dilation[1], s[3]))
@@ -212,8 +210,8 @@ def _window(a: np.ndarray, i: int, j: int, stride, oh: int, ow: int) -> np.ndarr
 
 def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     """``(y, idx)`` of max pooling over the (already padded) ``x``, as the portable loop computes them (first
-    maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (vgg-small pool1 forward
-    6.4 -> 4.4 ms)."""
+    maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (faster than allocating each
+    pass's result: docs/measurements.md)."""
     n, c = x.shape[0], x.shape[1]
     y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
     sample_bytes = _sample_bytes(y)
@@ -252,7 +250,7 @@ def _max_pool_block(x, y, idx, better, nan, k_or_0, kernel, stride, oh: int, ow:
 def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, stride) -> np.ndarray | None:
     """Input gradient of max pooling on the padded grid ``padded_shape``: each window offset adds
     ``dy * (idx == k)`` into its strided window of ``dx`` (written, not added, where windows are disjoint),
-    block by block (vgg-small pool1 backward 5.4 -> 2.8 ms). None where ``dy`` holds inf or NaN (0 * inf is
+    block by block (docs/measurements.md). None where ``dy`` holds inf or NaN (0 * inf is
     NaN, where the portable path gives 0): the caller then runs the portable code."""
     if not np.isfinite(np.add.reduce(dy, axis=None)):
         return None
