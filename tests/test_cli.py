@@ -51,7 +51,7 @@ def test_default_train_path_short(tmp_path, capsys):
 def test_ctrl_c_then_resume_matches_uninterrupted(tmp_path, capsys, monkeypatch):
     """Epoch 2 of 4 ends, Ctrl-C arrives; the saved run resumes to the same bits as an uninterrupted one."""
     import signal
-    import xpcnn.commands.train as train_cmd
+    import xpcnn.cli.train as train_cmd
 
     args = ["train", "--epochs", "4", "--limit", "200", "--quiet"]
     assert run(capsys, *args, "--checkpoint", str(tmp_path / "full"))[0] == 0
