@@ -13,7 +13,7 @@ from .sequential import Sequential
 from .errors import InputValueError
 
 
-def digits_cnn(in_channels: int, num_classes: int, image_size: int) -> list:
+def digits_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8) -> list:
     """A small CNN for 8x8 images (scikit-learn's digits): two 3x3 convs, one pool, two dense layers."""
     side = image_size // 2
     return [Conv2d(in_channels, 16, 3, padding=1), ReLU(),
@@ -21,7 +21,7 @@ def digits_cnn(in_channels: int, num_classes: int, image_size: int) -> list:
             Flatten(), Linear(32 * side * side, 64), ReLU(), Linear(64, num_classes)]
 
 
-def lenet(in_channels: int, num_classes: int, image_size: int) -> list:
+def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> list:
     """LeNet-5 style: conv5(6, pad 2 at 28x28) -> pool -> conv5(16) -> pool -> 120 -> 84 -> classes."""
     pad = 2 if image_size == 28 else 0
     side = ((image_size + 2 * pad - 4) // 2 - 4) // 2
@@ -32,7 +32,7 @@ def lenet(in_channels: int, num_classes: int, image_size: int) -> list:
             Flatten(), Linear(16 * side * side, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, num_classes)]
 
 
-def vgg_small(in_channels: int, num_classes: int, image_size: int) -> list:
+def vgg_small(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
     """VGG-style for 32x32 colour images: three conv-bn-relu pairs of blocks (32, 64, 128), each pooled."""
     if image_size % 8:
         raise InputValueError(f"vgg-small needs an image size divisible by 8, got {image_size}")
@@ -46,7 +46,7 @@ def vgg_small(in_channels: int, num_classes: int, image_size: int) -> list:
     return layers + [Flatten(), Linear(128 * side * side, 128), ReLU(), Dropout(0.3), Linear(128, num_classes)]
 
 
-def allcnn_gap(in_channels: int, num_classes: int, image_size: int) -> list:
+def allcnn_gap(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
     """A fully convolutional net ending in global average pooling (any image size >= 8)."""
     return [Conv2d(in_channels, 32, 3, padding=1), BatchNorm2d(32), ReLU(), MaxPool2d(2),
             Conv2d(32, 64, 3, padding=1), BatchNorm2d(64), ReLU(), MaxPool2d(2),
@@ -110,7 +110,8 @@ MODELS: dict[str, Callable[..., list]] = {
     "resnet56": _resnet(56),
 }
 #: ``(in_channels, image_size, num_classes)`` of each named model's natural input (the one table of them: the
-#: benchmark, parity and op-count tools and ``benchmarks/`` build their inputs from it).
+#: benchmark, parity and op-count tools and ``benchmarks/`` build their inputs from it; the builders' defaults
+#: are the same, tests/test_models.py checks it).
 MODEL_INPUTS: dict[str, tuple[int, int, int]] = {
     "digits-cnn": (1, 8, 10),
     "lenet": (1, 28, 10),

@@ -2,6 +2,7 @@
 models, threads and checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, ContextManager
 
 from ..checkpoint import Checkpoint
@@ -74,7 +75,9 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
 def command_threads(n: int | None) -> ContextManager[None]:
     """``--threads N`` for the duration of a command: N BLAS threads (and so N worker threads on NumPy); by
     default 1 where threadpoolctl is installed; 0: as the library has it. An explicit N needs threadpoolctl."""
-    return limit_blas(None if n == 0 else 1 if n is None else n, required=n is not None)
+    if n and importlib.util.find_spec("threadpoolctl") is None:
+        raise CLIError(f"--threads {n} needs threadpoolctl: pip install threadpoolctl")
+    return limit_blas(None if n == 0 else 1 if n is None else n, required=False)
 
 
 def describe_parallel(model, ranks: int = 1) -> str:
