@@ -158,7 +158,7 @@ def test_new_options_match_torch(mode, rng):
     """A model of the new options, through to_torch: forward, backward, parameter gradients and state (the
     state_dict keys of affine=False and track_running_stats=False included) as PyTorch's, over three steps."""
     import torch
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     layers = [xpcnn.BatchNorm2d(3, 1e-3, None), xpcnn.Conv2d(3, 4, 3, padding=1, bias=False),
               xpcnn.BatchNorm2d(4, affine=False), xpcnn.ReLU(True), xpcnn.Flatten(2, 3),
               xpcnn.BatchNorm1d(4, momentum=None, track_running_stats=False), xpcnn.Flatten(1, -1),
@@ -236,7 +236,7 @@ def test_checkpoint_of_the_new_options_loads_back_and_into_torch(tmp_path):
     assert_close(xpcnn.to_numpy(back(x)), m(x), 1e-12, "reloaded model")
     if HAVE_TORCH:
         import torch
-        from xpcnn.torch_compat import to_torch
+        from xpcnn.tools.torch_compat import to_torch
         net = to_torch(m, copy_weights=False)
         net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in Checkpoint(p).model_state.items()},
                             strict=True)

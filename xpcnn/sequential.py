@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from . import malloc, threads
+from . import threads
 from .backend import Backend, get_backend
 from .layers.activation import ReLU
 from .layers.module import Module
@@ -73,8 +73,7 @@ class Sequential(Module):
         if self.path:  # nested: the model it is part of set its name
             return self._forward_layers(x)
         x = self._accept(x, "input")
-        if self.backend.name == "numpy":
-            malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
+        self.backend.start_step()  # NumPy: keep freed memory for the next step (xpcnn.malloc)
         self._ctx_ready = False
         with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
             y = self._forward_layers(x)

@@ -46,10 +46,37 @@ def _blas_controllers() -> list:
     return _blas or []
 
 
-def blas_threads() -> int:
-    """The BLAS thread count NumPy would use now (1 when unknown)."""
-    counts = [lc.get_num_threads() for lc in _blas_controllers()]
-    return max([c for c in counts if c] or [1])
+THREADPOOLCTL_MISSING = "threadpoolctl is not installed (pip install threadpoolctl)"
+
+
+def blas_threads(unknown: int | None = 1) -> int | None:
+    """The BLAS thread count NumPy would use now; ``unknown`` without threadpoolctl or a BLAS it finds."""
+    counts = [c for c in (lc.get_num_threads() for lc in _blas_controllers()) if c]
+    return max(counts) if counts else unknown
+
+
+@contextmanager
+def limit_blas(n: int | None, required: bool = True) -> Iterator[None]:
+    """BLAS at ``n`` threads inside the block, as it was after it (``None``: as it is); the one place xpcnn sets
+    the BLAS threads apart from :func:`step`. Without threadpoolctl: ``ImportError(THREADPOOLCTL_MISSING)`` on
+    entering, or (``required=False``) BLAS as it is."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if n is not None and required:
+            raise ImportError(THREADPOOLCTL_MISSING) from None
+        n = None
+    if n is None:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def step_threads() -> int:
+    """The threads a model step on NumPy would run on now (:func:`step`): ``num_threads`` if set, else the BLAS
+    thread count (one worker where threadpoolctl is missing)."""
+    return config.get_num_threads() or blas_threads()
 
 
 def workers() -> int:
@@ -65,7 +92,7 @@ def step(xp) -> Iterator[int]:
     if _active or not is_numpy_namespace(xp) or config.gpu_plan():
         yield _workers
         return
-    n = config.get_num_threads() or blas_threads()
+    n = step_threads()
     libs = _blas_controllers() if n > 1 else []  # one worker: BLAS as it is
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:
