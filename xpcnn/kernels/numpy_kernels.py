@@ -169,8 +169,8 @@ def im2col_nhwc(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndar
 
 def im2col_blocked(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndarray, pads, stride, dilation,
                    block: int):
-    """:func:`xpcnn.functional.conv.columns.im2col_blocked` (width-blocked columns ``(nb, oh, ow/B, kh, span, C)``) as
-    one copy through a strided view, as :func:`im2col_nhwc`."""
+    """:func:`xpcnn.functional.conv.columns.im2col_blocked` (width-blocked columns
+    ``(nb, oh, ow/B, kh, span, C)``) as one copy through a strided view, as :func:`im2col_nhwc`."""
     s = pbuf.strides
     return _copy_windows(xh, n0, n1, pbuf, col, pads, (s[0], s[1] * stride[0], s[2] * stride[1] * block,
                                                       s[1] * dilation[0], s[2], s[3]))
@@ -187,9 +187,9 @@ def _copy_windows(xh, n0: int, n1: int, pbuf, col, pads, strides) -> np.ndarray:
 
 
 def im2col_kmajor(xpad: np.ndarray, col: np.ndarray, stride, dilation) -> np.ndarray:
-    """:func:`xpcnn.functional.conv.columns.im2col_kmajor` (ow-innermost columns ``(G, kh, kw, C/G, m, oh, ow)`` of the
-    padded NCHW chunk ``xpad (m, C, Hp, Wp)``, contiguous) as one copy through a strided view of every window,
-    instead of kh*kw copies."""
+    """:func:`xpcnn.functional.conv.columns.im2col_kmajor` (ow-innermost columns ``(G, kh, kw, C/G, m, oh, ow)``
+    of the padded NCHW chunk ``xpad (m, C, Hp, Wp)``, contiguous) as one copy through a strided view of every
+    window, instead of kh*kw copies."""
     g, kh, kw, cg, _, oh, ow = col.shape
     m = xpad.shape[0]
     xpad = np.ascontiguousarray(xpad)
