@@ -154,7 +154,7 @@ def test_the_old_names_are_their_pairs(name):
 def test_transposed_is_polyphase_with_one_phase():
     """At stride 1 (padding within the kernel) the forced polyphase gradient is the transposed convolution: the
     same array operations, the same values."""
-    from xpcnn.opcount import counting
+    from xpcnn.tools.opcount import counting
     import array_api_strict as strict
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((2, 16, 7, 6)), rng.standard_normal((8, 16, 3, 2))
