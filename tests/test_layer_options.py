@@ -93,14 +93,10 @@ def test_activations_and_dropout_of_any_shape(env, rng):
 
 
 def test_zero_d_relu_on_worker_threads():
-    from xpcnn import config
-    config.set_num_threads(2)
-    try:
+    with xpcnn.using(num_threads=2):
         model = xpcnn.Sequential(xpcnn.ReLU(), backend="numpy", dtype="float64")
         assert float(model(np.array(-2.0))) == 0.0 and float(model(np.array(3.0))) == 3.0
         assert float(model.backward(np.array(5.0))) == 5.0
-    finally:
-        config.set_num_threads(None)
 
 
 def test_constructors_take_torch_arguments_in_torch_order():
@@ -139,17 +135,13 @@ def test_model_refuses_non_arrays_and_misshapen_gradients(env):
 
 def test_unbatched_input_is_not_split_over_worker_threads():
     """A (C, H, W) sample's first axis is not a batch: the ops see a batch of one, whatever the thread count."""
-    from xpcnn import config
-    config.set_num_threads(2)
-    try:
+    with xpcnn.using(num_threads=2):
         model = xpcnn.Sequential(xpcnn.Conv2d(64, 2, 3), xpcnn.Flatten(0), xpcnn.Linear(72, 3),
                                  backend="numpy", dtype="float64")
         x = np.random.default_rng(0).standard_normal((64, 8, 8))
         y = model(x)
         assert y.shape == (3,)
         assert model.backward(np.ones(3)).shape == x.shape
-    finally:
-        config.set_num_threads(None)
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (optional)")

@@ -17,10 +17,8 @@ from xpcnn.functional import pool
 
 @pytest.fixture
 def gpu_plan():
-    saved = config.get_plan()
-    config.set_plan("gpu")
-    yield
-    config.set_plan(saved)
+    with xpcnn.using(plan="gpu"):
+        yield
 
 
 def _special_input(rng, n, c, h, w, kernel):
