@@ -90,7 +90,7 @@ def col2im_chunk(xp, dym, dyg, wk, wkt, dx, n0: int, ctx, plan) -> None:
     ``dx`` at samples ``n0:``."""
     f, cg, kh, kw = ctx.weight.shape
     g, oh, ow = ctx.groups, ctx.oh, ctx.ow
-    m = (dym.shape[0]) // (oh * ow)
+    m = dym.shape[0] // (oh * ow)
     clast = plan.channels_last
     if g == 1:
         dcol = dym @ wkt if clast else wk @ xp.matrix_transpose(dym)  # (P, K) or (K, P)
