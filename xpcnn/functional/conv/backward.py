@@ -52,7 +52,7 @@ def conv2d_backward_params(dy, ctx, input_grad: bool = False):
         blocks, sub = banded.bands(xp, weight, -(-n // len(plan.shards)), ctx.pads, ctx.dilation, oh, ow, x)
     elif plan.input_grad == "col2im":
         dx = col2im_buffer(xp, ctx, plan, dy.dtype, dev)
-        # the column gradient from unblocked columns: the plain weight
+        # the weight as (K, F) rows: after width-blocked columns (dcol unblocked) or tensordot (none kept)
         wk = weight_kf(xp, weight, 1) if ctx.algorithm == "im2col_blocked" or split else ctx.wk
         wkt = xp.matrix_transpose(wk)
 
