@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from xpcnn import malloc, parallel
+from xpcnn import malloc, threads
 
 # N, C, H(=W), F, k, stride, pad
 CONV_SHAPES = [
@@ -80,7 +80,7 @@ def bench_conv(shape, reps, dtype=np.float32):
     tf, tb, tn, tg, t2 = [], [], [], [], []
     for _ in range(2):  # rounds of reps, convolution and floor in separate loops (see the module docstring)
         for _ in range(reps // 2 + 2):
-            with parallel.step(np):
+            with threads.step(np):
                 a, (y, ctx) = _t(lambda: conv2d_forward(x, w, b, s, p))
                 bb, _ = _t(lambda: conv2d_backward(dy, ctx))
                 bn, _ = _t(lambda: conv2d_backward_params(dy, ctx)) if first else (0.0, None)
@@ -117,7 +117,7 @@ def bench_pool(shape, reps, dtype=np.float32):
     dy[...] = rng.standard_normal(y.shape).astype(dtype)
     tf, tb = [], []
     for _ in range(reps + 1):
-        with parallel.step(np):
+        with threads.step(np):
             a, (y, ctx) = _t(lambda: max_pool2d_forward(x, k, s, p))
             bb, _ = _t(lambda: max_pool2d_backward(dy, ctx))
         tf.append(a), tb.append(bb)
