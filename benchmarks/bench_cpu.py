@@ -5,17 +5,16 @@
 
     python benchmarks/bench_cpu.py --apart --rounds 3    # each framework alone, processes alternating
 
-Timing: for each (model, threads) the xpcnn steps and the PyTorch steps alternate in
-blocks (``--block`` steps of xpcnn, then of PyTorch, and again) so that a slow phase
-of a noisy machine hits both alike; we report medians and the median of the per-pair
-ratios (the i-th step of each).  A step is forward, loss, backward and an
-SGD(momentum=0.9) update, batch 128, float32.  The first step after each switch is
-run but not timed, for both frameworks: PyTorch's OpenMP threads keep spinning for
-several milliseconds after its step (libgomp's default spin count) and take a core
-from whatever runs next (measured, LeNet at 2 threads: the first xpcnn step after
-PyTorch's 14.0 ms, the next five 6.7-7.1 ms; with GOMP_SPINCOUNT=10000 xpcnn 7.1 ms
-and PyTorch 6.4 instead of 6.1). Alternating single steps (``--block 1``, the method of
-the earlier RESULTS.md sections) charges that to xpcnn.  ``--apart`` times each
+Timing (the one interleaved timer, ``xpcnn.tools.bench.timing``): for each (model, threads)
+the xpcnn steps and the PyTorch steps alternate in blocks (``--block`` steps of xpcnn,
+then of PyTorch, and again) so that a slow phase of a noisy machine hits both alike; we
+report medians and the median of the per-pair ratios (the i-th step of each).  A step is
+forward, loss, backward and an SGD(momentum=0.9) update, batch 128, float32.  The first
+step after each switch is run but not timed, for both frameworks: PyTorch's OpenMP threads
+keep spinning for several milliseconds after its step (libgomp's default spin count) and
+take a core from whatever runs next (measured: docs/measurements.md, "Benchmarks and
+tools"). Alternating single steps (``--block 1``, the method of the early entries in
+benchmarks/history/) charges that to xpcnn.  ``--apart`` times each
 framework alone in fresh processes instead, alternating xpcnn and PyTorch processes
 for ``--rounds`` rounds (medians of the per-round medians and ratios).  Both kinds of
 process keep freed memory as xpcnn's first step does (``xpcnn.malloc``), so PyTorch
@@ -41,11 +40,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-SHAPES = {"lenet": (1, 28), "vgg-small": (3, 32), "resnet20": (3, 32)}
+from xpcnn.models import MODEL_INPUTS
+from xpcnn.tools.bench.timing import time_interleaved
 
 
 def make_xpcnn(name: str, batch: int, seed: int = 0, backend: str = "numpy"):
@@ -53,12 +52,12 @@ def make_xpcnn(name: str, batch: int, seed: int = 0, backend: str = "numpy"):
     once, before timing."""
     import xpcnn
     from xpcnn.models import build_model
-    c, s = SHAPES[name]
-    model = build_model(name, c, 10, s, backend=backend, dtype="float32", seed=seed)
+    c, s, classes = MODEL_INPUTS[name]
+    model = build_model(name, c, classes, s, backend=backend, dtype="float32", seed=seed)
     model.train()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, c, s, s)).astype(np.float32)
-    labels = rng.integers(0, 10, batch)
+    labels = rng.integers(0, classes, batch)
     x_dev, labels_dev = (x, labels) if backend == "numpy" else (model.backend.asarray(x), model.backend.asarray(labels))
     opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = xpcnn.CrossEntropyLoss()
@@ -74,7 +73,7 @@ def make_xpcnn(name: str, batch: int, seed: int = 0, backend: str = "numpy"):
 
 def make_torch(model, data):
     import torch
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     net = to_torch(model)
     net.train()
     x, labels = torch.from_numpy(data[0]), torch.from_numpy(data[1])
@@ -108,22 +107,12 @@ def have_torch() -> bool:
         return False
 
 
-def time_interleaved(fns: dict, reps: int, warmup: int = 3, block: int = 1) -> dict[str, list[float]]:
-    """``reps`` step times of each function, alternating blocks of ``block`` timed steps, each block after one
-    untimed step (see the module docstring; with ``block=1`` and one function: plain repetitions)."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    while len(out[next(iter(fns))]) < reps:
-        for k, f in fns.items():
-            if len(fns) > 1 and block > 1:
-                f()  # the switch: not timed
-            for _ in range(min(block, reps - len(out[k]))):
-                t0 = time.perf_counter()
-                f()
-                out[k].append(time.perf_counter() - t0)
-    return out
+def time_steps(fns: dict, reps: int, warmup: int = 3, block: int = 1) -> dict[str, list[float]]:
+    """``reps`` step times of each function by the one interleaved timer: alternating blocks of ``block`` timed
+    steps, each block after one untimed step (see the module docstring; with ``block=1``: plain alternation, and
+    with one function plain repetitions)."""
+    times = time_interleaved(list(fns.values()), None, warmup, reps, block=block, settle=0 if block > 1 else None)
+    return dict(zip(fns, times))
 
 
 def bench_time(models, threads_list, batch, reps, block):
@@ -142,7 +131,7 @@ def bench_time(models, threads_list, batch, reps, block):
                 import torch
                 torch.set_num_threads(th)
             with threadpool_limits(limits=th):
-                t = time_interleaved(fns, reps, block=block)
+                t = time_steps(fns, reps, block=block)
             row = {"model": name, "threads": th, "parallel": "threads" if th > 1 else "-",
                    "xpcnn_ms": 1e3 * statistics.median(t["xpcnn"])}
             if torch_ok:
@@ -160,7 +149,7 @@ def time_child(framework: str, name: str, threads: int, batch: int, reps: int) -
     malloc.keep_freed_memory()  # the setting xpcnn applies at its first step, for both frameworks
     step = make_step(framework, name, batch, threads)
     with threadpool_limits(limits=threads):
-        t = time_interleaved({framework: step}, reps)[framework]
+        t = time_steps({framework: step}, reps)[framework]
     print(json.dumps(t))
 
 
@@ -236,7 +225,7 @@ def bench_memory(models, batch):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["lenet", "vgg-small"], choices=list(SHAPES))
+    ap.add_argument("--models", nargs="+", default=["lenet", "vgg-small"], choices=list(MODEL_INPUTS))
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)

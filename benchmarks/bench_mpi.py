@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_cpu import SHAPES, have_torch, make_xpcnn  # noqa: E402
+from bench_cpu import have_torch, make_xpcnn  # noqa: E402
+from xpcnn.models import MODEL_INPUTS  # noqa: E402
 
 GLOBAL_BATCH = 128
 WARMUP = 3
@@ -74,7 +75,7 @@ def torch_child(name: str, reps: int, rank: int, size: int) -> None:
     """PyTorch on this process's shard, DistributedDataParallel (gloo) when ``size > 1``; rank 0 prints JSON."""
     import torch
     import torch.distributed as dist
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     torch.set_num_threads(1)
     model, _, (x, labels) = _data(name)
     a, b = (rank * GLOBAL_BATCH // size, (rank + 1) * GLOBAL_BATCH // size)
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
           f"1 BLAS thread per process; medians of per-round medians (ms)", flush=True)
     rows = []
     for name in a.models.split(","):
-        assert name in SHAPES, name
+        assert name in MODEL_INPUTS, name
         per = {c: {"step": [], "allreduce": [], "wait": []} for c in configs}
         for _ in range(a.rounds):
             for c in configs:

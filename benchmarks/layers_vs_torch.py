@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     import torch
     import xpcnn
     from xpcnn import malloc
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     torch.set_num_threads(1)
     malloc.keep_freed_memory()
     model, _, (x, labels) = make_xpcnn(a.model, a.batch)

@@ -12,8 +12,8 @@ import statistics
 import time
 
 from xpcnn.backend import get_backend
-from xpcnn.bench import XpcnnRunner
-from xpcnn.opcount import count_step
+from xpcnn.tools.bench import XpcnnRunner
+from xpcnn.tools.opcount import count_step
 
 
 def main() -> None:

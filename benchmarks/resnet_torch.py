@@ -2,7 +2,7 @@
 
     python benchmarks/resnet_torch.py --dataset fashion-mnist --epochs 10 --threads 1 --metrics runs/torch.jsonl
 
-Same network and initial weights (``xpcnn.torch_compat.to_torch`` of ``build_model("resnet20", ...)``: He et al.'s
+Same network and initial weights (``xpcnn.tools.torch_compat.to_torch`` of ``build_model("resnet20", ...)``: He et al.'s
 CIFAR ResNet, option A shortcuts, Kaiming-normal convs), the same batches (xpcnn's ``DataLoader``: seeded
 shuffle, the crops and flips of ``xpcnn train --augment``, normalised by the training set's mean and std, handed
 to PyTorch as NumPy arrays), and the same optimiser: SGD with Nesterov momentum 0.9, weight decay 5e-4 on every
@@ -23,9 +23,9 @@ def main() -> None:
     import torch
 
     import xpcnn
-    from xpcnn.commands.train import DEFAULT_LR, DEFAULTS, augmentation
+    from xpcnn.cli.train import DEFAULT_LR, DEFAULTS, augmentation
     from xpcnn.datasets import load_dataset
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     from xpcnn.training import cosine_schedule
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

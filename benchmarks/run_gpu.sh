@@ -22,8 +22,9 @@
 # "count" and "test" in one call first (timeout_s ~420), then "bench" if time is left.
 #
 # Everything lands in $OUT (the device tool's folder that comes back), else benchmarks/gpu-out/.
-# Afterwards: put the measured figures (never estimates) in benchmarks/RESULTS.md, section
-# "xpcnn bench: CPU vs GPU", with the machine line from env.txt and the exact command below.
+# Afterwards: keep the measured JSON (never estimates) in benchmarks/, with the machine line from env.txt and the
+# exact command below, add it to benchmarks/performance_page.py and regenerate docs/performance.md; the story of
+# the run goes in a new dated file in benchmarks/history/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:-all}
@@ -44,7 +45,7 @@ if ! $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . >"$OUT
 else
   rm -f "$OUT/install.log"  # at most 8 files come back from $OUT
 fi
-XPCNN="$PY -m xpcnn.cli"
+XPCNN="$PY -m xpcnn"
 
 # -- what we run on ------------------------------------------------------------------------------
 {

@@ -90,12 +90,9 @@ def env(request) -> Env:
 @pytest.fixture
 def one_blas_thread():
     """Small GEMMs on a shared 2-core machine: one BLAS thread is fastest and steadiest (threadpoolctl, optional)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
+    from xpcnn.threads import limit_blas
+
+    with limit_blas(1, required=False):
         yield
 
 

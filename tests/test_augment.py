@@ -124,7 +124,7 @@ def test_bad_options_are_clear_errors():
 
 
 def test_train_command_augments_training_batches_only(tmp_path, capsys):
-    from xpcnn.commands.train import augmentation
+    from xpcnn.cli.train import augmentation
     assert augmentation("cifar10", 32) == Augment(4, True) and augmentation("fashion-mnist", 28) == Augment(3, True)
     assert augmentation("digits", 8) == Augment(1, False) and augmentation("mnist", 28) == Augment(3, False)
     ck = tmp_path / "a.ckpt"

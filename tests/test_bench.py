@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from gpu_support import HAVE_CUPY
-from xpcnn.bench import RESULT_KEYS, format_report, plot_report, run_benchmark
+from xpcnn.tools.bench import RESULT_KEYS, format_report, plot_report, run_benchmark
 from xpcnn.cli import main
 
 TINY = ["--models", "digits-cnn", "--batch-sizes", "2,4", "--repeats", "2", "--warmup", "1"]
@@ -40,6 +40,23 @@ def test_layer_breakdown(tiny_report):
     assert names[0] == "0 Conv2d" and "SGD step" in names and "loss (forward + backward)" in names
     assert sum(r["share"] for r in lay["rows"]) == pytest.approx(1.0)
     assert all(r["forward_ms"] >= 0 and r["backward_ms"] >= 0 for r in lay["rows"])
+
+
+def test_layer_breakdown_times_the_real_training_step():
+    """The breakdown clocks the layers inside ``XpcnnRunner.train_step`` (the SGD steps it times change the
+    weights) and leaves no clock behind on the layers, the loss or the optimizer."""
+    import numpy as np
+
+    from xpcnn.backend import get_backend
+    from xpcnn.tools.bench import XpcnnRunner, layer_breakdown
+
+    runner = XpcnnRunner(get_backend("numpy"), "digits-cnn", 4)
+    before = runner.model.layers[0].weight.data.copy()
+    rows = layer_breakdown(runner, warmup=0, repeats=2)
+    assert [r["layer"] for r in rows[:2]] == ["0 Conv2d", "1 ReLU"] and len(rows) == len(runner.model.layers) + 2
+    assert not np.array_equal(before, runner.model.layers[0].weight.data)
+    for obj in [*runner.model.layers, runner.loss_fn, runner.opt]:
+        assert not {"forward", "backward", "step"} & set(vars(obj))
 
 
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is usable here")

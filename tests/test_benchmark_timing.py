@@ -1,10 +1,11 @@
-"""The interleaving of the benchmarks' timers: blocks of timed calls, each after untimed calls per switch."""
+"""The interleaving of the benchmarks' one timer (xpcnn.tools.bench.timing), as ``benchmarks/bench_cpu.py`` and
+``xpcnn bench`` use it: blocks of timed calls, each after untimed calls per switch."""
 from __future__ import annotations
 
 import importlib.util
 import os
 
-from xpcnn import bench
+from xpcnn.tools.bench import timing
 
 
 def _bench_cpu():
@@ -22,18 +23,24 @@ def _recorder():
 
 def test_bench_cpu_alternates_blocks_after_an_untimed_call():
     calls, fns = _recorder()
-    times = _bench_cpu().time_interleaved(fns, reps=5, warmup=1, block=2)
+    times = _bench_cpu().time_steps(fns, reps=5, warmup=1, block=2)
     assert [len(t) for t in times.values()] == [5, 5]
     # warm-up a b; then per turn: one untimed call and up to 2 timed ones
     assert "".join(calls) == "ab" + "aaa" + "bbb" + "aaa" + "bbb" + "aa" + "bb"
     calls.clear()
-    only = _bench_cpu().time_interleaved({"a": fns["a"]}, reps=4, warmup=0, block=3)
+    only = _bench_cpu().time_steps({"a": fns["a"]}, reps=4, warmup=0, block=3)
     assert len(only["a"]) == 4 and "".join(calls) == "aaaa"  # one function: nothing untimed
+
+
+def test_bench_cpu_block_1_alternates_single_steps_with_nothing_untimed():
+    calls, fns = _recorder()
+    times = _bench_cpu().time_steps(fns, reps=3, warmup=0, block=1)
+    assert [len(t) for t in times.values()] == [3, 3] and "".join(calls) == "ababab"
 
 
 def test_xpcnn_bench_alternates_blocks_of_half_the_repeats():
     calls, fns = _recorder()
-    times = bench.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4, settle=0)
+    times = timing.time_interleaved([fns["a"], fns["b"]], [lambda: None] * 2, warmup=1, repeats=4, settle=0)
     assert [len(t) for t in times] == [4, 4]
     assert "".join(calls) == "a" + "b" + "aaa" + "bbb" + "aaa" + "bbb"
 
@@ -43,7 +50,7 @@ def test_xpcnn_bench_settles_each_turn_for_the_settle_time(monkeypatch):
     idle meanwhile), then its block of timed calls. On a clock that each call advances by 2**-10 s (exact in
     binary), so that the test depends on no scheduler: the turn's settle covers 11 calls (10.7 ms >= 10 ms)."""
     clock = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
     log = []
 
     def make(name):
@@ -51,7 +58,7 @@ def test_xpcnn_bench_settles_each_turn_for_the_settle_time(monkeypatch):
             log.append((name, clock[0]))
             clock[0] += 2.0 ** -10
         return fn
-    times = bench.time_interleaved([make("a"), make("b")], [lambda: None] * 2, warmup=0, repeats=4, settle=0.01)
+    times = timing.time_interleaved([make("a"), make("b")], [lambda: None] * 2, warmup=0, repeats=4, settle=0.01)
     assert [len(t) for t in times] == [4, 4] and all(t == [2.0 ** -10] * 4 for t in times)
     turns = []  # (name, [call start times]) per run of one function
     for name, t in log:

@@ -84,7 +84,7 @@ def test_fit_on_no_data_raises_like_evaluate():
 
 def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(capsys, monkeypatch):
     """Only the project's input errors (and OSError) become one line; a ValueError from a bug propagates."""
-    import xpcnn.commands.info as info
+    import xpcnn.cli.info as info
 
     def bug(args):
         raise ValueError("operands could not be broadcast together")
@@ -102,7 +102,7 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(capsys, monkeypatch
 
 def test_an_os_error_names_its_file(capsys, monkeypatch):
     import errno
-    import xpcnn.commands.info as info
+    import xpcnn.cli.info as info
 
     def full_disk(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/run.ckpt")

@@ -117,7 +117,7 @@ def test_optimizer_state_roundtrip(tmp_path):
 
 def test_loads_into_torch_sequential_strict(tmp_path):
     torch = pytest.importorskip("torch", reason="PyTorch is optional")
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     m = small("vgg-small")
     p = tmp_path / "v.ckpt"
     save_checkpoint(p, m, xpcnn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))

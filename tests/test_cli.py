@@ -51,7 +51,7 @@ def test_default_train_path_short(tmp_path, capsys):
 def test_ctrl_c_then_resume_matches_uninterrupted(tmp_path, capsys, monkeypatch):
     """Epoch 2 of 4 ends, Ctrl-C arrives; the saved run resumes to the same bits as an uninterrupted one."""
     import signal
-    import xpcnn.commands.train as train_cmd
+    import xpcnn.cli.train as train_cmd
 
     args = ["train", "--epochs", "4", "--limit", "200", "--quiet"]
     assert run(capsys, *args, "--checkpoint", str(tmp_path / "full"))[0] == 0
@@ -153,3 +153,13 @@ def test_info_lists_backends_threads_and_mpi(capsys):
     assert "backend numpy" in out and "ok" in out.split("backend numpy")[1].splitlines()[0]
     line = next(line for line in out.splitlines() if line.startswith("MPI "))
     assert "mpiexec" in line and ("mpi4py " in line or "unavailable" in line)
+
+
+def test_threads_without_threadpoolctl_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "threadpoolctl" else real(
+        name, *a))
+    code, out, err = run(capsys, "train", "--epochs", "1", "--threads", "2", "--checkpoint", str(tmp_path / "c"))
+    assert code == 2 and err.strip() == "xpcnn train: error: --threads 2 needs threadpoolctl: pip install threadpoolctl"
+    assert not (tmp_path / "c").exists()

@@ -132,7 +132,7 @@ def test_conv2d_padding_mode_errors_and_repr():
 @pytest.mark.parametrize("mode", ["zeros"] + MODES)
 def test_conv2d_padding_mode_matches_torch(mode, rng):
     import torch
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     model = xpcnn.Sequential(xpcnn.Conv2d(2, 4, (3, 2), (2, 1), (2, 1), (1, 2), 2, padding_mode=mode),
                              xpcnn.Conv2d(4, 3, 3, padding="same", dilation=2, padding_mode=mode),
                              backend="numpy", dtype="float64", seed=4)

@@ -49,12 +49,8 @@ def test_batch_norm_takes_an_empty_batch(cls, shape, env, plan):
     """As PyTorch: in training an empty batch gives an empty output and zero gradients, leaves the running
     statistics as they are and counts the batch; one value per channel is refused. On both plans (tiled rows,
     the plain form)."""
-    saved = xpcnn.config.get_plan()
-    xpcnn.config.set_plan(plan)
-    try:
+    with xpcnn.using(plan=plan):
         _empty_batch_norm(cls, shape, env)
-    finally:
-        xpcnn.config.set_plan(saved)
 
 
 def _empty_batch_norm(cls, shape, env):
@@ -80,16 +76,12 @@ def _empty_batch_norm(cls, shape, env):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_models_run_an_empty_batch(threads):
     """LeNet end to end, on one and two worker threads."""
-    from xpcnn import config
     from xpcnn.models import build_model
-    config.set_num_threads(threads)
-    try:
+    with xpcnn.using(num_threads=threads):
         model = build_model("lenet", 1, 10, 28, backend="numpy", dtype="float32", seed=0)
         y = model.forward(np.zeros((0, 1, 28, 28), np.float32))
         assert y.shape == (0, 10)
         assert model.backward(np.zeros((0, 10), np.float32)).shape == (0, 1, 28, 28)
-    finally:
-        config.set_num_threads(None)
 
 
 def test_losses_of_an_empty_batch_are_nan_with_an_empty_gradient(env):

@@ -223,7 +223,7 @@ def test_second_gpu_is_respected():
 
 @needs_cupy
 def test_bench_measures_cupy_memory_and_parity_command(capsys):
-    from xpcnn.bench import run_benchmark
+    from xpcnn.tools.bench import run_benchmark
     from xpcnn.cli import main
 
     report = run_benchmark(["numpy", "cupy"], ["digits-cnn"], [4], repeats=2, layers=True, log=lambda m: None)

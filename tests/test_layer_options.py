@@ -93,14 +93,10 @@ def test_activations_and_dropout_of_any_shape(env, rng):
 
 
 def test_zero_d_relu_on_worker_threads():
-    from xpcnn import config
-    config.set_num_threads(2)
-    try:
+    with xpcnn.using(num_threads=2):
         model = xpcnn.Sequential(xpcnn.ReLU(), backend="numpy", dtype="float64")
         assert float(model(np.array(-2.0))) == 0.0 and float(model(np.array(3.0))) == 3.0
         assert float(model.backward(np.array(5.0))) == 5.0
-    finally:
-        config.set_num_threads(None)
 
 
 def test_constructors_take_torch_arguments_in_torch_order():
@@ -139,17 +135,13 @@ def test_model_refuses_non_arrays_and_misshapen_gradients(env):
 
 def test_unbatched_input_is_not_split_over_worker_threads():
     """A (C, H, W) sample's first axis is not a batch: the ops see a batch of one, whatever the thread count."""
-    from xpcnn import config
-    config.set_num_threads(2)
-    try:
+    with xpcnn.using(num_threads=2):
         model = xpcnn.Sequential(xpcnn.Conv2d(64, 2, 3), xpcnn.Flatten(0), xpcnn.Linear(72, 3),
                                  backend="numpy", dtype="float64")
         x = np.random.default_rng(0).standard_normal((64, 8, 8))
         y = model(x)
         assert y.shape == (3,)
         assert model.backward(np.ones(3)).shape == x.shape
-    finally:
-        config.set_num_threads(None)
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (optional)")
@@ -158,7 +150,7 @@ def test_new_options_match_torch(mode, rng):
     """A model of the new options, through to_torch: forward, backward, parameter gradients and state (the
     state_dict keys of affine=False and track_running_stats=False included) as PyTorch's, over three steps."""
     import torch
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     layers = [xpcnn.BatchNorm2d(3, 1e-3, None), xpcnn.Conv2d(3, 4, 3, padding=1, bias=False),
               xpcnn.BatchNorm2d(4, affine=False), xpcnn.ReLU(True), xpcnn.Flatten(2, 3),
               xpcnn.BatchNorm1d(4, momentum=None, track_running_stats=False), xpcnn.Flatten(1, -1),
@@ -236,7 +228,7 @@ def test_checkpoint_of_the_new_options_loads_back_and_into_torch(tmp_path):
     assert_close(xpcnn.to_numpy(back(x)), m(x), 1e-12, "reloaded model")
     if HAVE_TORCH:
         import torch
-        from xpcnn.torch_compat import to_torch
+        from xpcnn.tools.torch_compat import to_torch
         net = to_torch(m, copy_weights=False)
         net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in Checkpoint(p).model_state.items()},
                             strict=True)

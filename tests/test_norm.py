@@ -18,10 +18,8 @@ SHAPES = {"2d": (5, 3), "3d": (3, 3, 4), "4d": (2, 3, 4, 3)}
 @pytest.fixture(params=["cpu", "gpu"])
 def plan(request):
     """The test runs on both plans: the CPU's tiled rows, the GPU's plain form (``norm._plain``); restored after."""
-    saved = config.get_plan()
-    config.set_plan(request.param)
-    yield request.param
-    config.set_plan(saved)
+    with xpcnn.using(plan=request.param):
+        yield request.param
 
 
 def _ref_grads(x, gamma, beta, dy, training, rm, rv, eps=1e-5):

@@ -1,11 +1,11 @@
-"""xpcnn.opcount: counts exactly what runs, restores array_api_strict, and a GPU-plan step has no host sync."""
+"""xpcnn.tools.opcount: counts exactly what runs, restores array_api_strict, and a GPU-plan step has no host sync."""
 from __future__ import annotations
 
 import pytest
 
 xp = pytest.importorskip("array_api_strict")
 
-from xpcnn import opcount  # noqa: E402
+from xpcnn.tools import opcount  # noqa: E402
 
 
 def test_counts_a_known_sequence_and_restores_the_namespace():

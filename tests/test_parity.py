@@ -6,7 +6,7 @@ round trip that lands on the wrong device, raises) and CuPy where a GPU exists
 (``gpu`` marker; skipped with the reason otherwise, see ``gpu_support.py``).
 
 Tolerances, on the maximum difference relative to the array's largest
-magnitude (``xpcnn.parity.difference``):
+magnitude (``xpcnn.tools.parity.difference``):
 
 * ``TOL_F64 = 1e-10``: float64 has ~1e-16 unit round-off; different summation
   orders (NumPy's BLAS vs cuBLAS, tree vs pairwise reductions) move results by
@@ -28,7 +28,7 @@ import pytest
 
 import xpcnn
 from gpu_support import HAVE_CUPY, requires_cupy
-from xpcnn import parity
+from xpcnn.tools import parity
 from xpcnn.cli import main
 
 TOL_F64 = 1e-10

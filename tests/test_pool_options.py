@@ -315,7 +315,7 @@ def test_relu_before_a_pool_returning_indices_is_not_reordered():
 @needs_torch
 def test_to_torch_builds_every_pool_option(rng):
     import torch
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
     layers = [xpcnn.MaxPool2d(3, 2, 1, 1, False, True), xpcnn.AvgPool2d(3, 2, 1, True, False),
               xpcnn.MaxPool2d(2, 1, 0, 2), xpcnn.AvgPool2d(2, 1, 1, False, True, 3),
               xpcnn.AdaptiveMaxPool2d((None, 3)), xpcnn.AdaptiveAvgPool2d((2, None))]

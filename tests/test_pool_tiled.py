@@ -17,10 +17,8 @@ from xpcnn.functional import pool
 
 @pytest.fixture
 def gpu_plan():
-    saved = config.get_plan()
-    config.set_plan("gpu")
-    yield
-    config.set_plan(saved)
+    with xpcnn.using(plan="gpu"):
+        yield
 
 
 def _special_input(rng, n, c, h, w, kernel):
@@ -135,7 +133,7 @@ def test_lenet_step_on_the_gpu_plan_within_its_launch_budget():
     """Issue 15's target for LeNet (<= 300 operations a training step on the GPU plan), and the tiled pooling's
     5 + 11 operations a layer (2 layers), counted."""
     pytest.importorskip("array_api_strict")
-    from xpcnn import opcount
+    from xpcnn.tools import opcount
     r = opcount.count_step("lenet", 2)
     assert r["ops"] <= 300, r["by_section"]
     assert (r["by_section"]["MaxPool2d.forward"], r["by_section"]["MaxPool2d.backward"]) == (10, 22)

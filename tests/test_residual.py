@@ -182,7 +182,7 @@ def test_bad_blocks_are_clear_errors(np_env):
 
 def test_to_torch_twin_matches_outputs_and_gradients(rng):
     torch = pytest.importorskip("torch", reason="torch not installed (optional)")
-    from xpcnn.torch_compat import to_torch
+    from xpcnn.tools.torch_compat import to_torch
 
     model = Sequential(Conv2d(2, 4, 3, padding=1, bias=False), BatchNorm2d(4), ReLU(),
                        block(4, 8, 2, "pad"), ReLU(), block(8, 8, 1, None), ReLU(), block(8, 8, 2, "conv"), ReLU(),

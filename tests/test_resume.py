@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xpcnn
-import xpcnn.commands.train as train_cmd
+import xpcnn.cli.train as train_cmd
 from xpcnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xpcnn.cli import main
 from xpcnn.data import DataLoader, Normalizer

@@ -8,7 +8,7 @@ import xpcnn
 from gradcheck import assert_close
 
 torch = pytest.importorskip("torch")
-from xpcnn.torch_compat import to_torch  # noqa: E402
+from xpcnn.tools.torch_compat import to_torch  # noqa: E402
 
 
 def _t(a):

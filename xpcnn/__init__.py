@@ -5,7 +5,7 @@ from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Con
                      Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
                      Residual, Sigmoid, Tanh, ZeroPadShortcut)
 from .layers import AdaptiveMaxPool2d
-from .config import set_workspace_limit
+from .config import set_workspace_limit, using
 from .sequential import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Augment, DataLoader, Dataset, Normalizer
@@ -21,4 +21,4 @@ __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNor
            "optim", "set_workspace_limit", "to_numpy", "__version__",
            "DataLoader", "Dataset", "Normalizer", "build_model", "evaluate", "fit", "load_checkpoint", "load_cifar10",
            "load_dataset", "load_digits", "load_h5", "load_idx_dataset", "save_checkpoint"]
-__all__ += ["AdaptiveMaxPool2d", "Augment", "Residual", "ZeroPadShortcut"]
+__all__ += ["AdaptiveMaxPool2d", "Augment", "Residual", "ZeroPadShortcut", "using"]

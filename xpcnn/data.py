@@ -121,7 +121,7 @@ class Augment:
     torchvision's ``RandomCrop(size, padding=p)``: raw zeros, before normalisation); ``flip`` mirrors half the
     images left-right (``RandomHorizontalFlip``; wrong for digits). Applied by :class:`DataLoader` on the host,
     vectorised over the batch: one gather from a window view of the padded batch (a per-image loop of slices was
-    slower, and a gather of single pixels slower still: ``benchmarks/RESULTS.md``).
+    slower, and a gather of single pixels slower still: ``docs/measurements.md``).
     """
 
     crop: int = 0

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .backend import asarray_like, to_numpy
+from .backend import as_numpy, asarray_like
 from .data import DataLoader
 from .errors import InputError, InputValueError
 
@@ -36,11 +36,6 @@ LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LO
 
 class MPIUnavailable(InputError, ImportError):
     """mpi4py (or an MPI library) is missing where a distributed run needs it."""
-
-
-def _host(a) -> np.ndarray:
-    """``a`` as host NumPy memory: a NumPy array itself (no copy), any other a host copy."""
-    return a if isinstance(a, np.ndarray) else to_numpy(a)
 
 
 class Communicator:
@@ -62,7 +57,7 @@ class Communicator:
         would override this to reduce on the device."""
         if self.size == 1 and weight == 1.0:
             return
-        hosts = [_host(a).reshape(-1) for a in arrays]
+        hosts = [as_numpy(a).reshape(-1) for a in arrays]
         key = (sum(h.size for h in hosts), hosts[0].dtype)
         if getattr(self, "_flat_key", None) != key:  # one buffer, kept between steps
             self._flat, self._flat_key = np.empty(key[0], dtype=key[1]), key
@@ -223,7 +218,7 @@ def batch_sum(v, count: int, gradient: bool = False) -> tuple[Any, int]:
         return v, count
     host = np.empty(int(np.prod(v.shape)) + 1, dtype=np.float64)
     w = _batch.weight if gradient else 1.0
-    host[:-1] = _host(v).reshape(-1) * w
+    host[:-1] = as_numpy(v).reshape(-1) * w
     host[-1] = count
     _batch.comm.allreduce_(host)
     summed = host[:-1] / w if gradient else host[:-1]

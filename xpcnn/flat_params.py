@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from .backend import asarray_like, device_context, to_numpy
+from .backend import as_numpy, asarray_like, device_context
 
 
 class FlatGroup:
@@ -119,7 +119,7 @@ class FlatParameters:
                 if a is None:
                     continue
                 if isinstance(a, np.ndarray) or _key(a) != _key(g.data):  # another device or dtype
-                    a = asarray_like(a if isinstance(a, np.ndarray) else to_numpy(a), g.data, g.dtype)
+                    a = asarray_like(as_numpy(a), g.data, g.dtype)
                 flat[g.offsets[k]:g.offsets[k + 1]] = g.xp.reshape(a, (-1,))
         g.state[name] = flat
         g.state_views[name] = g.views(flat, self.params)

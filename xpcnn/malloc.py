@@ -3,11 +3,10 @@
 A NumPy training step allocates and frees buffers of megabytes per layer. By default glibc returns freed
 memory at the top of its heap to the kernel (trim threshold, at most 64 MiB) and serves blocks above the
 mmap threshold (at most 32 MiB) by fresh mappings, so every step page-faults its buffers in again; worker
-threads' arenas do the same. Raising both thresholds keeps that memory in the process for the next step.
-Measured on the 2-core dev machine (median step ms, default -> tuned, by environment variables): LeNet 20.9
--> 17-19.5 (1 thread), 22.5 -> 17 (2 threads); vgg-small 430 -> 410-424 (1), 320 -> 285 (2). The price:
-the resident set stays at a step's peak between steps instead of shrinking (PyTorch's performance guide
-recommends jemalloc or tcmalloc for the same reason).
+threads' arenas do the same. Raising both thresholds keeps that memory in the process for the next step,
+which makes steps faster (measured: docs/measurements.md). The price: the resident set stays at a step's
+peak between steps instead of shrinking (PyTorch's performance guide recommends jemalloc or tcmalloc for
+the same reason).
 
 Applied once, at the first model step on the NumPy backend, and never where users tune malloc themselves
 (any ``MALLOC_*`` environment variable set) or turned it off with ``xpcnn.config.set_keep_freed_memory(False)``

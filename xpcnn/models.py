@@ -1,4 +1,5 @@
-"""Named model architectures, shared by the CLI, the benchmark and the tests."""
+"""Named model architectures and their natural inputs (:data:`MODEL_INPUTS`), shared by the CLI, the tools and
+the tests."""
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ def kaiming_normal(model: Sequential) -> None:
 
 
 def _resnet(depth: int) -> Callable[..., list]:
-    def build(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list:
+    def build(in_channels: int, num_classes: int, image_size: int) -> list:
         return cifar_resnet(depth, in_channels, num_classes, image_size)
     build.__name__ = build.__qualname__ = f"resnet{depth}"
     build.__doc__ = f"ResNet-{depth} for CIFAR-sized images (:func:`cifar_resnet`, n = {(depth - 2) // 6})."
@@ -107,6 +108,18 @@ MODELS: dict[str, Callable[..., list]] = {
     "resnet20": _resnet(20),
     "resnet32": _resnet(32),
     "resnet56": _resnet(56),
+}
+#: ``(in_channels, image_size, num_classes)`` of each named model's natural input (the one table of them: the
+#: benchmark, parity and op-count tools and ``benchmarks/`` build their inputs from it; the builders' defaults
+#: are the same, tests/test_models.py checks it).
+MODEL_INPUTS: dict[str, tuple[int, int, int]] = {
+    "digits-cnn": (1, 8, 10),
+    "lenet": (1, 28, 10),
+    "vgg-small": (3, 32, 10),
+    "allcnn-gap": (3, 32, 10),
+    "resnet20": (3, 32, 10),
+    "resnet32": (3, 32, 10),
+    "resnet56": (3, 32, 10),
 }
 INITS: dict[str, Callable[[Sequential], None]] = dict.fromkeys(("resnet20", "resnet32", "resnet56"), kaiming_normal)
 

@@ -14,10 +14,9 @@ import math
 import numbers
 from typing import Any, Iterable
 
-import numpy as np
 from array_api_compat import array_namespace, device
 
-from .backend import asarray_like, device_context, to_numpy
+from .backend import as_numpy, asarray_like, device_context, to_numpy
 from .errors import InputTypeError, InputValueError
 from .flat_params import FlatGroup, FlatParameters
 from .layers.module import Parameter
@@ -127,7 +126,7 @@ class Optimizer:
 
 def _move_like(a, ref):
     """State ``a`` (any backend) as an array on ``ref``'s device, in ``ref``'s dtype."""
-    return asarray_like(a if isinstance(a, np.ndarray) else to_numpy(a), ref, ref.dtype)
+    return asarray_like(as_numpy(a), ref, ref.dtype)
 
 
 class SGD(Optimizer):

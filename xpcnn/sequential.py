@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from . import malloc, threads
+from . import threads
 from .backend import Backend, get_backend
 from .layers.activation import ReLU
 from .layers.module import Module
@@ -73,8 +73,7 @@ class Sequential(Module):
         if self.path:  # nested: the model it is part of set its name
             return self._forward_layers(x)
         x = self._accept(x, "input")
-        if self.backend.name == "numpy":
-            malloc.keep_freed_memory()  # once per process: buffers freed by one step are reused by the next
+        self.backend.start_step()  # NumPy: keep freed memory for the next step (xpcnn.malloc)
         self._ctx_ready = False
         with self.backend.activate():  # CuPy: allocate on the model's GPU, not the current one
             y = self._forward_layers(x)
@@ -94,8 +93,7 @@ class Sequential(Module):
         """Layer indices in the order ``forward`` runs them (``backward`` runs the reverse): as given, except that
         a ReLU directly followed by a MaxPool2d runs after it. Max pooling commutes with ReLU (the same values,
         and the same gradients: ReLU's is zero wherever the two orders route differently), and ReLU then works on
-        the pooled array, a quarter of the size (step time, alternating processes: LeNet 0.95-0.97x, vgg-small
-        0.94-0.97x at 1 thread)."""
+        the pooled array, a quarter of the size (faster steps, less memory: docs/measurements.md)."""
         order, i, n = [], 0, len(self.layers)
         while i < n:
             if (self.reorder_relu_pool and i + 1 < n and type(self.layers[i]) is ReLU

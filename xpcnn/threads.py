@@ -1,8 +1,8 @@
 """Intra-op threads for the NumPy backend: batch shards on worker threads, BLAS one thread per call.
 
 PyTorch splits every op over its threads. NumPy runs element-wise loops and copies on one core, and
-OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call: a second thread doing
-NumPy work in the meantime ran no faster (measured). So while a model step runs (``Sequential.forward`` and
+OpenBLAS threads only its GEMMs, whose helper threads keep spinning after each call, so a second thread doing
+NumPy work meanwhile gains nothing (docs/measurements.md). So while a model step runs (``Sequential.forward`` and
 ``backward``, inside :func:`step`), xpcnn sets BLAS to one thread and splits the batch of convolutions,
 batch norm, ReLU and pooling into one contiguous shard per worker; NumPy releases the GIL in its loops and
 in BLAS, so the shards run at once.
@@ -15,6 +15,7 @@ added in shard order.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +46,37 @@ def _blas_controllers() -> list:
     return _blas or []
 
 
-def blas_threads() -> int:
-    """The BLAS thread count NumPy would use now (1 when unknown)."""
-    counts = [lc.get_num_threads() for lc in _blas_controllers()]
-    return max([c for c in counts if c] or [1])
+THREADPOOLCTL_MISSING = "threadpoolctl is not installed (pip install threadpoolctl)"
+
+
+def blas_threads(unknown: int | None = 1) -> int | None:
+    """The BLAS thread count NumPy would use now; ``unknown`` without threadpoolctl or a BLAS it finds."""
+    counts = [c for c in (lc.get_num_threads() for lc in _blas_controllers()) if c]
+    return max(counts) if counts else unknown
+
+
+@contextmanager
+def limit_blas(n: int | None, required: bool = True) -> Iterator[None]:
+    """BLAS at ``n`` threads inside the block, as it was after it (``None``: as it is); the one place xpcnn sets
+    the BLAS threads apart from :func:`step`. Without threadpoolctl: ``ImportError(THREADPOOLCTL_MISSING)`` on
+    entering, or (``required=False``) BLAS as it is."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if n is not None and required:
+            raise ImportError(THREADPOOLCTL_MISSING) from None
+        n = None
+    if n is None:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def step_threads() -> int:
+    """The threads a model step on NumPy would run on now (:func:`step`): ``num_threads`` if set, else the BLAS
+    thread count (one worker where threadpoolctl is missing)."""
+    return config.get_num_threads() or blas_threads()
 
 
 def workers() -> int:
@@ -64,7 +92,7 @@ def step(xp) -> Iterator[int]:
     if _active or not is_numpy_namespace(xp) or config.gpu_plan():
         yield _workers
         return
-    n = config.get_num_threads() or blas_threads()
+    n = step_threads()
     libs = _blas_controllers() if n > 1 else []  # one worker: BLAS as it is
     saved = [lc.get_num_threads() for lc in libs]
     for lc in libs:
@@ -78,7 +106,7 @@ def step(xp) -> Iterator[int]:
             lc.set_num_threads(k)
 
 
-MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread: ReLU of (128, 120) took 0.12 ms on 2, 0.01 on 1
+MIN_SHARD_BYTES = 2 ** 20  # less work is not worth a thread (docs/measurements.md)
 
 
 def ranges(n: int, item_bytes: int = 0) -> list[tuple[int, int]]:
@@ -131,10 +159,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def run(fn: Callable[[int, int], Any], parts: Sequence[tuple[int, int]]) -> list:
-    """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool."""
+    """``[fn(a, b) for (a, b) in parts]``: the first shard on this thread, the others on the worker pool (in
+    this thread's context: :func:`xpcnn.using` holds in them)."""
     if len(parts) <= 1:
         return [fn(*p) for p in parts]
-    futures = [_executor(len(parts) - 1).submit(_in_shard, fn, *p) for p in parts[1:]]
+    # each shard runs in a copy of this thread's context, so the caller's ``xpcnn.using`` settings hold there
+    pool = _executor(len(parts) - 1)
+    futures = [pool.submit(contextvars.copy_context().run, _in_shard, fn, *p) for p in parts[1:]]
     try:
         first = _in_shard(fn, *parts[0])
     finally:

@@ -60,7 +60,8 @@ def empty_nchw(xp, shape, dtype, device, fill: float | None = None):
     ``permute_dims`` (a view on NumPy, CuPy, torch and array_api_strict; slice assignment writes through).
 
     Every 4-D array the ops allocate uses this layout, the one conv outputs have, so element-wise ops of
-    forward and backward never mix memory layouts (mixed layouts make NumPy's ufuncs several times slower).
+    forward and backward never mix memory layouts (mixed layouts make NumPy's ufuncs several times slower:
+    docs/measurements.md).
     ``fill`` None leaves it uninitialised, else every value is ``fill``.
     """
     n, c, h, w = shape
@@ -183,8 +184,8 @@ def window(xpad, i: int, j: int, stride: tuple[int, int], dilation: tuple[int, i
 
 def rows_sum(xp, m, group: int):
     """``sum(m, axis=0)`` of a 2-D ``(R, F)`` array, ``group`` dividing R, by summing ``(R/group, group*F)`` rows
-    first: NumPy reduces over axis 0 with an inner loop of length F, ~10x slower for F of 6 to 32 than with
-    ``group*F``. Any namespace (a reshape that copies is only slower)."""
+    first: NumPy reduces over axis 0 with an inner loop of length F, much slower for small F than with
+    ``group*F`` (docs/measurements.md). Any namespace (a reshape that copies is only slower)."""
     r, f = m.shape
     if group <= 1 or r % group:
         return xp.sum(m, axis=0)

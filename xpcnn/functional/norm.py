@@ -6,9 +6,9 @@ variance with the unbiased one; evaluation uses the running statistics.
 The work runs on the channels-last rows of the input: ``(N*H*W, C)``, a view for the
 library's layout (:func:`~xpcnn.functional._util.empty_nchw`; one copy for another), grouped
 ``W`` rows at a time into ``(N*H, W*C)`` with the per-channel vectors tiled ``W`` times.
-Broadcasting a ``(1, C, 1, 1)`` vector instead gives NumPy inner loops of C (32 here) and runs
-3-4x slower on NumPy. Elsewhere (:func:`_plain`: the GPU plan, where every call is a launch) the plain form runs:
-sums over the non-channel axes against ``(1, C, 1, 1)`` vectors, no views, tiles nor grouping.
+Broadcasting a ``(1, C, 1, 1)`` vector instead gives NumPy inner loops of C (32 here), several
+times slower (docs/measurements.md). Elsewhere (:func:`_plain`: the GPU plan, where every call is a launch)
+the plain form runs: sums over the non-channel axes against ``(1, C, 1, 1)`` vectors, no views, tiles nor grouping.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, training=True, moment
 def _plain(x) -> bool:
     """Whether ``x`` takes the plain form (:func:`_plain_forward`): on the GPU plan (fewest array operations,
     each a launch there). The CPU plan keeps the tiled rows on every namespace: faster there on NumPy, torch
-    and array_api_strict alike (benchmarks/RESULTS.md)."""
+    and array_api_strict alike (docs/measurements.md)."""
     return config.gpu_plan(x)
 
 

@@ -5,7 +5,7 @@ Max pooling records, per output, the offset of the first maximum (as PyTorch
 does); its backward routes the gradient there and sums where windows overlap.
 On the GPU plan, where the windows tile the input (:func:`tiles`), max pooling
 reduces a 6-D view instead: a few operations a layer, not a few per offset
-(on a CPU the loop is faster: benchmarks/RESULTS.md).
+(on a CPU the loop is faster: docs/measurements.md).
 In ceil mode the padded grid grows on the bottom/right so that the last window
 fits (:func:`pool_geometry`); average pooling's divisor leaves that growth out.
 """

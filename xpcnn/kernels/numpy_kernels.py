@@ -28,9 +28,7 @@ def _sharded(fn, a: np.ndarray) -> list:
 
 def _block_rows(row_bytes: int) -> int:
     """Rows per block: ``BLOCK_BYTES`` of them on one worker, twice that on two, ...: with worker threads,
-    fewer and longer NumPy calls collide less often on the GIL (LeNet pool1 forward + backward at 2 threads
-    1.44 -> 1.21 ms with 512 KiB blocks, vgg-small pool1 5.7 -> 5.2 ms; at 1 thread 256 KiB stays best for
-    vgg-small, 8.1 vs 8.8 ms)."""
+    fewer and longer NumPy calls collide less often on the GIL (measured: docs/measurements.md)."""
     return max(1, BLOCK_BYTES * threads.workers() // max(1, row_bytes))
 
 
@@ -64,9 +62,9 @@ def _bits(a: np.ndarray) -> np.ndarray | None:
 def _masked_copy(a: np.ndarray, mask_of) -> np.ndarray | None:
     """``where(mask, a, 0)`` exactly, over the worker shards (``mask_of(i, j)``: the shard's mask): the bits of
     ``a`` times the mask (0 or 1) as unsigned integers, so that inf, NaN and -0.0 pass unchanged where the mask
-    holds and +0.0 lands elsewhere, in one multiply (a float multiply gives NaN for 0 * inf, which needed a
-    check pass and a fall back to ``where``: vgg-small ReLU backward at 64x32x32x32, 1 thread, 1.96 -> 1.44 ms).
-    None for an item width without unsigned integers (the caller runs ``where``)."""
+    holds and +0.0 lands elsewhere, in one multiply (a float multiply gives NaN for 0 * inf: it needed a check
+    pass and a fall back to ``where``; docs/measurements.md). None for an item width without unsigned integers
+    (the caller runs ``where``)."""
     out = np.empty_like(a)
     src, dst = _bits(a), _bits(out)
     if src is None:
@@ -87,8 +85,9 @@ def _elementwise(kernel):
 
 @_elementwise
 def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``where(mask, a, 0)`` exactly, ~5x faster (:func:`_masked_copy`): NumPy's ``where`` (and every masked
-    copy) runs at a fraction of the speed of a plain multiply. The result keeps the inputs' memory layout.
+    """``where(mask, a, 0)`` exactly, faster (:func:`_masked_copy`): NumPy's ``where`` (and every masked copy)
+    runs at a fraction of the speed of a plain multiply (docs/measurements.md). The result keeps the inputs'
+    memory layout.
     """
     out = _masked_copy(a, lambda i, j: mask[i:j])
     return out if out is not None else np.where(mask, a, np.zeros((), dtype=a.dtype))
@@ -165,8 +164,8 @@ def im2col_nhwc(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndar
     """Channels-innermost columns of samples ``n0:n1`` of the channels-last ``xh (N, H, W, C)``, as the rows
     ``(m*oh*ow, kh*kw*C)``: the chunk is copied into the zero-bordered ``pbuf (nb, Hp, Wp, C)``, then every
     window at once through one strided view (``as_strided``) into ``col (nb, oh, ow, kh, kw, C)``. Two copies
-    instead of kh*kw: 1.8x faster on one thread for 32 channels at 32x32, and 3.5x on two, where the portable
-    path's many short copies contend for the GIL."""
+    instead of kh*kw: faster, most on several threads, where the portable path's many short copies contend for
+    the GIL (docs/measurements.md)."""
     s = pbuf.strides
     return _copy_windows(xh, n0, n1, pbuf, col, pads, (s[0], s[1] * stride[0], s[2] * stride[1],
                                                       s[1] * dilation[0], s[2] * dilation[1], s[3]))
@@ -217,8 +216,8 @@ def _window(a: np.ndarray, i: int, j: int, stride, oh: int, ow: int) -> np.ndarr
 
 def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     """``(y, idx)`` of max pooling over the (already padded) ``x``, as the portable loop computes them (first
-    maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (vgg-small pool1 forward
-    6.4 -> 4.4 ms)."""
+    maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (faster than allocating each
+    pass's result: docs/measurements.md)."""
     n, c = x.shape[0], x.shape[1]
     y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
     sample_bytes = _sample_bytes(y)
@@ -257,9 +256,9 @@ def _max_pool_block(x, y, idx, better, nan, k_or_0, kernel, stride, oh: int, ow:
 def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, stride) -> np.ndarray | None:
     """Input gradient of max pooling on the padded grid ``padded_shape``: each window offset puts
     ``where(idx == k, dy, 0)`` into its strided window of ``dx`` (written where windows are disjoint, else added),
-    block by block (vgg-small pool1 backward 5.4 -> 2.8 ms), by the exact bit multiply of :func:`_masked_copy`
-    (inf and NaN in ``dy`` as the portable path has them, no check pass; 64x32x32x32, 1 thread, 1.57 -> 1.43 ms).
-    None for an item width without unsigned integers: the caller then runs the portable code."""
+    block by block, by the exact bit multiply of :func:`_masked_copy` (inf and NaN in ``dy`` as the portable path
+    has them, with no check pass; docs/measurements.md). None for an item width without unsigned integers: the
+    caller then runs the portable code."""
     n, c, h, w = padded_shape
     oh, ow = dy.shape[2], dy.shape[3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]

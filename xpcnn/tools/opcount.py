@@ -169,12 +169,11 @@ def count_step(model_name: str, batch_size: int, dtype: str = "float32", plan: s
     memory traffic (a scalar value counts 0; broadcast operands count their own size)."""
     import numpy as np
 
-    from . import config
-    from .backend import get_backend
-    from .layers import CrossEntropyLoss
-    from .models import build_model
-    from .optim import SGD
-    from .parity import MODEL_INPUTS
+    from .. import config
+    from ..backend import get_backend
+    from ..layers import CrossEntropyLoss
+    from ..models import MODEL_INPUTS, build_model
+    from ..optim import SGD
 
     saved_plan = config.get_plan()
     config.set_plan(plan)

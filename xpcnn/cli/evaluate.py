@@ -5,7 +5,7 @@ from ..checkpoint import Checkpoint
 from ..data import DataLoader
 from ..layers import CrossEntropyLoss
 from ..training import evaluate
-from ._common import add_backend_arguments, add_data_arguments, blas_threads, load_data, model_from_checkpoint
+from ._common import add_backend_arguments, add_data_arguments, command_threads, load_data, model_from_checkpoint
 from ._types import positive
 
 HELP = "evaluate a checkpoint on a data set's test split (default: the data set it was trained on)"
@@ -23,7 +23,7 @@ def run(args) -> int:
     options = ckpt.meta.get("options", {})
     dataset = args.dataset or options.get("dataset", "digits")
     data_dir = args.data_dir if args.dataset or args.data_dir else options.get("data_dir")
-    with blas_threads(args.threads):
+    with command_threads(args.threads):
         model, normalizer = model_from_checkpoint(ckpt, args.backend)
         _, test_set = load_data(dataset, data_dir, args.limit)
         loader = DataLoader(test_set, min(args.batch_size, len(test_set)) if args.batch_size > 0 else args.batch_size,

@@ -1,4 +1,4 @@
-"""``xpcnn bench``: forward and training-step speed per backend, model and batch size (library: xpcnn.bench).
+"""``xpcnn bench``: forward and training-step speed per backend, model and batch size (library: xpcnn.tools.bench).
 
     xpcnn bench --backends numpy,cupy --models lenet,vgg-small --batch-sizes 1,32,128,512 \\
                 --compare torch --threads 2 --repeats 5 --json bench.json --plot bench.png
@@ -20,7 +20,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser) -> None:
-    from ..parity import MODEL_INPUTS
+    from ..models import MODEL_INPUTS
 
     parser.add_argument("--backends", default="numpy,cupy",
                         help="comma-separated backends (default numpy,cupy; unavailable ones are skipped)")
@@ -62,8 +62,8 @@ def _command_line(args) -> str:
 
 
 def run(args) -> int:
-    from ..bench import format_report, plot_report, run_benchmark
-    from ..cli import CLIError
+    from ..tools.bench import format_report, plot_report, run_benchmark
+    from ._common import CLIError
     from ..files import atomic_write, check_output
 
     check_output(args.json)  # a bad output path is refused before the benchmark, not after it

@@ -18,7 +18,8 @@ HELP = "compare two backends (e.g. numpy,cupy) layer by layer on the same model,
 
 
 def add_arguments(parser) -> None:
-    from ..parity import MODEL_INPUTS, TOLERANCES
+    from ..models import MODEL_INPUTS
+    from ..tools.parity import TOLERANCES
 
     parser.add_argument("--backends", default="numpy,cupy",
                         help="two backends, comma-separated, the first is the reference (default: numpy,cupy; "
@@ -43,9 +44,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from ..cli import CLIError
+    from ._common import CLIError
     from ..files import atomic_write, check_output
-    from ..parity import compare_layers, compare_models, compare_ops
+    from ..tools.parity import compare_layers, compare_models, compare_ops
 
     check_output(args.json)
 

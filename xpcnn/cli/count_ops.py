@@ -1,4 +1,4 @@
-"""``xpcnn count-ops``: array operations and host synchronisations in one training step (library: xpcnn.opcount).
+"""``xpcnn count-ops``: array operations and host synchronisations in one training step (library: xpcnn.tools.opcount).
 
     xpcnn count-ops --models lenet,vgg-small --batch-sizes 32,128 --plan gpu --json counts.json
 
@@ -13,7 +13,7 @@ HELP = "count the array operations and host synchronisations of one training ste
 
 
 def add_arguments(parser) -> None:
-    from ..parity import MODEL_INPUTS
+    from ..models import MODEL_INPUTS
 
     parser.add_argument("--models", default=",".join(MODEL_INPUTS),
                         help=f"comma-separated named models (default {','.join(MODEL_INPUTS)})")
@@ -27,9 +27,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..cli import CLIError
-    from ..opcount import count_step, format_counts
-    from ..parity import MODEL_INPUTS
+    from ._common import CLIError
+    from ..tools.opcount import count_step, format_counts
+    from ..models import MODEL_INPUTS
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODEL_INPUTS]

@@ -1,16 +1,21 @@
-"""Helpers shared by ``xpcnn train``, ``evaluate`` and ``predict``: data, models, threads, checkpoints."""
+"""Helpers shared by the commands: the command-line error; for ``train``, ``evaluate`` and ``predict`` data,
+models, threads and checkpoints."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any
+import importlib.util
+from typing import Any, ContextManager
 
-from .. import config
 from ..checkpoint import Checkpoint
 from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
 from ..models import MODELS, build_model
-from ..errors import InputValueError
+from ..errors import InputError, InputValueError
+from ..threads import limit_blas, step_threads
 from ._types import non_negative, positive
+
+
+class CLIError(InputError):
+    """A bad command line: printed as one line, exit status 2."""
 
 
 def add_backend_arguments(parser) -> None:
@@ -67,31 +72,20 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | None):
     return model, Normalizer.from_dict(ckpt.meta["normalizer"])
 
 
-@contextmanager
-def blas_threads(n: int | None):
-    """Limit BLAS threads (threadpoolctl, optional) for the duration of a command."""
-    if n == 0:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        if n is not None:
-            raise ImportError("--threads needs threadpoolctl: pip install threadpoolctl") from None
-        yield
-        return
-    with threadpool_limits(limits=1 if n is None else n, user_api="blas"):
-        yield
+def command_threads(n: int | None) -> ContextManager[None]:
+    """``--threads N`` for the duration of a command: N BLAS threads (and so N worker threads on NumPy); by
+    default 1 where threadpoolctl is installed; 0: as the library has it. An explicit N needs threadpoolctl."""
+    if n and importlib.util.find_spec("threadpoolctl") is None:
+        raise CLIError(f"--threads {n} needs threadpoolctl: pip install threadpoolctl")
+    return limit_blas(None if n == 0 else 1 if n is None else n, required=False)
 
 
 def describe_parallel(model, ranks: int = 1) -> str:
     """How a training step runs, for the command's first line: MPI ranks, and threads per process on NumPy."""
-    from ..threads import blas_threads as blas_count
-
     where = f", {ranks} MPI ranks" if ranks > 1 else ""
     if model.backend.name != "numpy":
         return where
-    n = config.get_num_threads() or blas_count()
+    n = step_threads()
     return where + (", 1 thread" if n <= 1 else f", {n} threads") + (" each" if ranks > 1 else "")
 
 

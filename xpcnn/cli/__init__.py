@@ -1,6 +1,6 @@
 """The ``xpcnn`` command: ``train``, ``evaluate``, ``predict``, ``bench``, ``parity``, ``info``, ``count-ops``.
 
-Each sub-command lives in ``xpcnn/commands/<name>.py`` (``-`` as ``_``) with ``HELP``,
+Each sub-command lives in ``xpcnn/cli/<name>.py`` (``-`` as ``_``) with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Expected failures (bad
 options, malformed or missing files, unavailable backends: ``xpcnn.errors.InputError``
 and ``OSError``) print one line and exit 2; anything else is a bug and keeps its
@@ -13,14 +13,12 @@ import importlib
 import signal
 import sys
 
+from ..errors import InputError
+from ._common import CLIError
+
+__all__ = ["CLIError", "COMMANDS", "build_parser", "entry", "main"]
+
 COMMANDS = ("train", "evaluate", "predict", "bench", "parity", "info", "count-ops")
-
-
-from .errors import InputError
-
-
-class CLIError(InputError):
-    """A bad command line: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="xpcnn", description="Array-API CNNs on NumPy (CPU) or CuPy (GPU).")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
@@ -39,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = f"xpcnn.commands.{name.replace('-', '_')}"
+            module = f"xpcnn.cli.{name.replace('-', '_')}"
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name == module:
@@ -86,6 +84,3 @@ def entry() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    entry()

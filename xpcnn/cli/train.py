@@ -19,13 +19,12 @@ import numpy as np
 
 from .. import distributed, optim
 from ..checkpoint import TRAIN_KEYS, Checkpoint, save_checkpoint
-from ..cli import CLIError
 from ..data import Augment, DataLoader, Normalizer
 from ..distributed import DistributedOptimizer, ShardedLoader
 from ..layers import CrossEntropyLoss
 from ..training import NonFiniteLossError, TrainingInterrupted, cosine_schedule, evaluate, fit
-from ._common import (add_backend_arguments, add_data_arguments, blas_threads, describe_parallel, load_data,
-                      make_model)
+from ._common import (CLIError, add_backend_arguments, add_data_arguments, command_threads, describe_parallel,
+                      load_data, make_model)
 from ..errors import InputError, InputValueError
 from ._types import non_negative, positive, real, seed
 from ..files import append_line, atomic_write, output_locks
@@ -196,7 +195,7 @@ def _prepare(args, comm) -> int:
         ckpt.require(*TRAIN_KEYS)
     o = resolve_options(args, saved, args.resume)
     locks = output_locks(args.checkpoint, args.metrics, args.plot) if comm.rank == 0 else nullcontext()
-    with locks, blas_threads(o["threads"]):
+    with locks, command_threads(o["threads"]):
         _check_plot_available(args.plot)
         return _train(args, ckpt, o)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import to_numpy
-from .sequential import Sequential
+from ..backend import to_numpy
+from ..sequential import Sequential
 
 
 def torch_module(layer: Any, torch):

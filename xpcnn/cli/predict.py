@@ -7,8 +7,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..checkpoint import Checkpoint
-from ..cli import CLIError
-from ._common import add_backend_arguments, blas_threads, model_from_checkpoint
+from ._common import CLIError, add_backend_arguments, command_threads, model_from_checkpoint
 from ..errors import InputValueError
 from ._types import positive
 
@@ -67,7 +66,7 @@ def _read_npy(path: str, channels: int, size: int) -> np.ndarray:
 
 def run(args) -> int:
     ckpt = Checkpoint(args.checkpoint)
-    with blas_threads(args.threads):
+    with command_threads(args.threads):
         model, normalizer = model_from_checkpoint(ckpt, args.backend)
         margs = ckpt.meta["model_args"]
         x = load_input(args.input, margs["in_channels"], margs["image_size"], normalizer.scale)
