@@ -109,6 +109,14 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out if out is not None else np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
 
 
+def _row_blocks(m: np.ndarray, *vectors):
+    """``(rows, tiles)``: rows per block of ``m (R, K)`` (:func:`_block_rows`) and each ``(K,)`` vector repeated
+    that many times, block-shaped operands: NumPy runs one contiguous loop a block, where a row-broadcast vector
+    takes one loop a row and ran about half as fast (docs/measurements.md)."""
+    rows = max(1, min(m.shape[0], _block_rows(m.shape[1] * m.itemsize)))
+    return rows, [np.tile(v, (rows, 1)) for v in vectors]
+
+
 def bn_center(m: np.ndarray, g: int, mean_of):
     """Batch norm statistics of rows ``m (R, g*C)``: ``(mean (C,), centered, column sums of centered**2)``
     (the last folded to C by the caller), ``mean = mean_of(per-channel sums)``. Two passes over ``m`` and one
@@ -144,18 +152,20 @@ def bn_grad_sums(d: np.ndarray, centered: np.ndarray):
 
 
 def bn_input_grad(d, centered, scale, k, shift) -> np.ndarray:
-    """``d * scale - centered * k - shift`` (row-broadcast vectors) into a new array, block by block."""
+    """``d * scale - centered * k - shift`` (row-broadcast vectors, :func:`_row_blocks`) into a new array, block by
+    block."""
     out = np.empty(d.shape, dtype=d.dtype)
-    row_bytes = d.shape[1] * d.itemsize
+    rows, (scale_rows, k_rows, shift_rows) = _row_blocks(d, scale, k, shift)
 
     def shard(a, b):
-        tmp = np.empty((min(b - a, _block_rows(row_bytes)), d.shape[1]), dtype=d.dtype)
-        for r0, r1 in _blocks(a, b, row_bytes):
-            o, t = out[r0:r1], tmp[:r1 - r0]
-            np.multiply(d[r0:r1], scale, out=o)
-            np.multiply(centered[r0:r1], k, out=t)
+        tmp = np.empty((min(b - a, rows), d.shape[1]), dtype=d.dtype)
+        for r0, r1 in _blocks(a, b, d.shape[1] * d.itemsize):
+            n = r1 - r0
+            o, t = out[r0:r1], tmp[:n]
+            np.multiply(d[r0:r1], scale_rows[:n], out=o)
+            np.multiply(centered[r0:r1], k_rows[:n], out=t)
             o -= t
-            o -= shift
+            o -= shift_rows[:n]
     _sharded(shard, d)
     return out
 
