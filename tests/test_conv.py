@@ -11,6 +11,8 @@ import reference as ref
 import xpcnn
 import xpcnn.functional as F
 import xpcnn.functional.conv as conv_module
+from xpcnn.functional.conv import banded, geometry, planner
+from xpcnn.functional.conv import columns as layouts
 from conftest import STRICT, make_env
 from gradcheck import assert_close, check_grads
 
@@ -97,7 +99,7 @@ def test_conv2d_matches_loop_reference_strict(case, key, rng):
 def _transposable(case):
     """Stride 1, groups 1 and no side padded beyond the dilated kernel: the transposed gradient applies."""
     pads, dil = _data(case, np.random.default_rng(0))[5:]
-    return case[0] == 1 and case[2] == 1 and conv_module._transposed_pads(pads, case[1], dil) is not None
+    return case[0] == 1 and case[2] == 1 and geometry.transposed_pads(pads, case[1], dil) is not None
 
 
 FORCED = {"im2col": [c for c in GRID if c[2] == 1][::2],  # col2im at stride 1 (auto: "banded" for groups 1)
@@ -298,10 +300,10 @@ def test_banded_input_gradient_matches_loop_reference(c, f, kernel, pad, dil, co
     monkeypatch.setattr(array_api_compat.numpy, "empty", lambda *a, **k: array_api_compat.numpy.full_like(
         empty(*a, **k), math.nan))
     if count is not None:
-        monkeypatch.setattr(conv_module, "_band_count", lambda *args: count)
+        monkeypatch.setattr(planner, "band_count", lambda *args: count)
     if sub is not None:
-        bands = conv_module._bands
-        monkeypatch.setattr(conv_module, "_bands", lambda *args: (bands(*args)[0], sub))
+        bands = banded.bands
+        monkeypatch.setattr(banded, "bands", lambda *args: (bands(*args)[0], sub))
     x, wt = rng.standard_normal((5, c, 7, 8)), rng.standard_normal((f, c) + kernel)
     y, ctx = F.conv2d_forward(x, wt, None, 1, pad, dil)
     assert conv_module.backward_algorithm(ctx) == "banded"
@@ -318,11 +320,11 @@ def test_band_count_trades_gemm_work_for_fewer_adds():
     """The cost model's block count: one block per row where the image is narrow, more (narrower blocks, less
     work on the band's zeros) as the width and the filters grow (the counts measured fastest here: LeNet conv2
     2-3, vgg-small conv1 8)."""
-    lenet2 = conv_module._band_count(128, 6, 14, 16, 5, 5, 10, 10, 0, 1)
-    vgg1 = conv_module._band_count(128, 3, 32, 32, 3, 3, 32, 32, 1, 1)
+    lenet2 = planner.band_count(128, 6, 14, 16, 5, 5, 10, 10, 0, 1)
+    vgg1 = planner.band_count(128, 3, 32, 32, 3, 3, 32, 32, 1, 1)
     assert lenet2 in (2, 3) and vgg1 in (6, 7, 8, 9, 10)
-    assert conv_module._band_count(16, 6, 4, 16, 3, 3, 4, 4, 1, 1) <= 2
-    blocks = conv_module._band_blocks(14, 10, 5, 0, 1, 3)
+    assert planner.band_count(16, 6, 4, 16, 3, 3, 4, 4, 1, 1) <= 2
+    blocks = geometry.band_blocks(14, 10, 5, 0, 1, 3)
     assert [b[:2] for b in blocks] == [(0, 5), (5, 9), (9, 14)]  # near-equal widths covering the input
     assert [b[2:] for b in blocks] == [(0, 5), (1, 9), (5, 10)]  # the output columns whose windows reach them
 
@@ -331,7 +333,7 @@ def test_band_count_trades_gemm_work_for_fewer_adds():
 def test_batch_chunks_cover_the_range_in_even_runs(a, b, size):
     """Chunks of a batch shard: contiguous, covering ``[a, b)``, none longer than ``size``, as few as that allows,
     lengths differing by at most one (no short tail chunk)."""
-    runs = list(conv_module._chunks(a, b, size))
+    runs = list(layouts.chunks(a, b, size))
     assert runs[0][0] == a and runs[-1][1] == b
     assert all(prev[1] == nxt[0] for prev, nxt in zip(runs, runs[1:]))
     lengths = [e - s for s, e in runs]
@@ -349,7 +351,7 @@ def test_pointwise_conv_uses_the_input_rows_as_columns(channels_last, rng):
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     y, ctx = F.conv2d_forward(x, wt, b)
     assert ctx.algorithm == "im2col_nhwc"
-    columns = conv_module._columns(np, x, wt.shape, ctx.algorithm, ctx.pads, ctx.stride, ctx.dilation, 1, 5, 4,
+    columns = layouts.column_builder(np, x, wt.shape, ctx.algorithm, ctx.pads, ctx.stride, ctx.dilation, 1, 5, 4,
                                    ctx.nb)(0, 3)
     assert columns.shape == (3 * 5 * 4, 16) and np.shares_memory(columns, x) == channels_last
     dy = rng.standard_normal(y.shape)

@@ -63,9 +63,9 @@ def test_conv_fast_paths_match_portable(case, settings):
 
 def test_workspace_limit_bounds_the_column_buffer(settings):
     """Batch 1024 of 3x224x224 through a first conv: the column buffer stays under the limit (chunked)."""
-    from xpcnn.functional import conv as C
+    from xpcnn.functional.conv import planner
     n, c, hw = 1024, 3, 224
-    nb = C._batch_chunk(n, hw * hw * 3 * 3 * c, 4)
+    nb = planner.batch_chunk(n, hw * hw * 3 * 3 * c, 4)
     assert nb * hw * hw * 27 * 4 <= config.get_workspace_limit() and nb >= 1
     config.set_workspace_limit(2 ** 18)  # a sample's columns are 32*32*27*8 = 216 KiB: one per chunk
     x = np.ones((4, 3, 32, 32))
@@ -82,15 +82,15 @@ def test_workspace_limit_defaults_per_device_and_one_setting_for_all(settings, m
     """16 MiB on a CPU, 512 MiB on a GPU (where each chunk is a round of kernel launches); a limit that is set
     holds on every device, and None restores the defaults. vgg-small's 32 -> 32 conv at batch 128 (1.2 MB of
     float32 columns a sample): 14 samples a chunk under 16 MiB, the whole batch on a GPU."""
-    from xpcnn.functional import conv as C
+    from xpcnn.functional.conv import planner
     assert (config.get_workspace_limit(), config.get_workspace_limit(gpu=True)) == (16 * 2 ** 20, 512 * 2 ** 20)
     sample = 32 * 32 * 9 * 32  # column values of one sample
     config.set_cache_columns(True)  # no CPU cache-sized target: the workspace limit alone
-    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=True) == 14
-    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 128
+    assert planner.batch_chunk(128, sample, 4, "im2col_nhwc", cache=True) == 14
+    assert planner.batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 128
     config.set_workspace_limit(2 ** 22)
     assert config.get_workspace_limit() == config.get_workspace_limit(gpu=True) == 2 ** 22
-    assert C._batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 3
+    assert planner.batch_chunk(128, sample, 4, "im2col_nhwc", cache=False) == 3
     config.set_workspace_limit(None)
     assert config.get_workspace_limit(gpu=True) == 512 * 2 ** 20
     config.set_plan("gpu")  # as a GPU array: the GPU default
@@ -155,13 +155,14 @@ def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
     """The input gradient as a transposed convolution chunks its columns like a forward: (kh*kw*F) values per
     output pixel under the limit."""
     from xpcnn.functional import conv as C
+    from xpcnn.functional.conv import planner
     config.set_workspace_limit(32 * 32 * 9 * 8 * 8 * 2)  # two samples' columns of the gradient, float64
     x = np.ones((5, 4, 32, 32))
     y, ctx = conv2d_forward(x, np.ones((8, 4, 3, 3)), None, 1, 1)
     assert C.backward_algorithm(ctx) == "banded"  # 4 channels: ow-innermost columns, banded rows under auto
     config.set_conv_algorithm("transposed")
     assert C.backward_algorithm(ctx) == "transposed"
-    assert C._batch_chunk(5, 32 * 32 * 9 * 8, 8) == 2
+    assert planner.batch_chunk(5, 32 * 32 * 9 * 8, 8) == 2
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
     dx, dw, _ = conv2d_backward(np.ones(y.shape), ctx)
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)
@@ -172,6 +173,7 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
     weight-gradient reductions in blocks; on a GPU only the workspace limit bounds a chunk (each piece would be
     more kernel launches). Same gradients either way."""
     from xpcnn.functional import conv as C
+    from xpcnn.functional.conv import banded, planner, weight_grad
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((64, 3, 32, 32)), rng.standard_normal((32, 3, 3, 3))  # few channels: banded dx
     dy = rng.standard_normal((64, 32, 32, 32))
@@ -198,11 +200,11 @@ def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
     for gpu, products in ((False, 5), (True, 1)):  # blocks of DW_BLOCK = 1024 rows on a CPU
         config.set_plan("gpu" if gpu else "cpu")
         Counted.products = 0
-        assert np.array_equal(np.asarray(C._long_matmul(np, a, b)), np.full((3, 2), 5000.0))
+        assert np.array_equal(np.asarray(weight_grad.long_matmul(np, a, b)), np.full((3, 2), 5000.0))
         assert Counted.products == products
-    monkeypatch.setattr(C, "BAND_BYTES", 1)  # the banded input gradient: a sub-chunk per sample on a CPU
-    real_chunks, sizes = C._chunks, []
-    monkeypatch.setattr(C, "_chunks", lambda a, b, size: sizes.append(size) or real_chunks(a, b, size))
+    monkeypatch.setattr(planner, "BAND_BYTES", 1)  # the banded input gradient: a sub-chunk per sample on a CPU
+    real_chunks, sizes = banded.chunks, []
+    monkeypatch.setattr(banded, "chunks", lambda a, b, size: sizes.append(size) or real_chunks(a, b, size))
     for gpu in (False, True):
         config.set_plan("gpu" if gpu else "cpu")
         sizes.clear()

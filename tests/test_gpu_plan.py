@@ -187,7 +187,7 @@ def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, plan, rng, re
         grads = [env.get(p.grad) for p in conv.parameters()]
         for p in conv.parameters():
             p.grad = p.grad * 0
-        assert conv.backward(g, need_dx=False) is None
+        assert conv.backward(g, input_grad=False) is None
         assert all(np.array_equal(a, env.get(p.grad)) for a, p in zip(grads, conv.parameters()))
         results[name] = [env.get(y), env.get(dx)] + grads
         config.set_workspace_limit(None)

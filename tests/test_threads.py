@@ -277,14 +277,14 @@ def test_a_forked_child_gets_a_working_pool(workers):
 def test_workspace_limit_holds_for_all_workers_together(workers):
     """Each worker has its own column buffer: together they stay under the workspace limit."""
     _needs_threadpoolctl()
-    from xpcnn.functional import conv as C
+    from xpcnn.functional.conv import planner
     x, w = np.ones((8, 4, 10, 10)), np.ones((3, 4, 3, 3))
     sample = 10 * 10 * 9 * 4 * 8  # one sample's columns, float64 bytes
     config.set_workspace_limit(4 * sample)
     assert conv2d_forward(x, w, None, 1, 1)[1].nb == 4
     workers(2)
     y, ctx = conv2d_forward(x, w, None, 1, 1)
-    assert ctx.nb == 2 and C._batch_chunk(8, sample // 8, 8, "im2col", shards=2) == 2
+    assert ctx.nb == 2 and planner.batch_chunk(8, sample // 8, 8, "im2col", shards=2) == 2
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 36.0)
 
 

@@ -139,7 +139,7 @@ class Sequential(Module):
                 layer = self.layers[i]
                 if i == stop and not input_grad:
                     if layer.can_skip_input_grad:
-                        layer.backward(dy, need_dx=False)
+                        layer.backward(dy, input_grad=False)
                     else:
                         layer.backward(dy)
                     dy = None

@@ -9,9 +9,11 @@ window at once through one ``as_strided`` view instead of one slice per kernel o
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import numpy as xnp
 from numpy.lib.stride_tricks import as_strided
 
 from .. import threads
+from ..functional._util import empty_nchw, window
 
 BLOCK_BYTES = 256 * 2 ** 10
 
@@ -183,8 +185,8 @@ def im2col_nhwc(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndar
 
 def im2col_blocked(xh: np.ndarray, n0: int, n1: int, pbuf: np.ndarray, col: np.ndarray, pads, stride, dilation,
                    block: int):
-    """:func:`xpcnn.functional.conv._im2col_blocked` (width-blocked columns ``(nb, oh, ow/B, kh, span, C)``) as
-    one copy through a strided view, as :func:`im2col_nhwc`."""
+    """:func:`xpcnn.functional.conv.columns.im2col_blocked` (width-blocked columns
+    ``(nb, oh, ow/B, kh, span, C)``) as one copy through a strided view, as :func:`im2col_nhwc`."""
     s = pbuf.strides
     return _copy_windows(xh, n0, n1, pbuf, col, pads, (s[0], s[1] * stride[0], s[2] * stride[1] * block,
                                                       s[1] * dilation[0], s[2], s[3]))
@@ -201,9 +203,9 @@ def _copy_windows(xh, n0: int, n1: int, pbuf, col, pads, strides) -> np.ndarray:
 
 
 def im2col_kmajor(xpad: np.ndarray, col: np.ndarray, stride, dilation) -> np.ndarray:
-    """:func:`xpcnn.functional.conv._im2col_kmajor` (ow-innermost columns ``(G, kh, kw, C/G, m, oh, ow)`` of the
-    padded NCHW chunk ``xpad (m, C, Hp, Wp)``, contiguous) as one copy through a strided view of every window,
-    instead of kh*kw copies."""
+    """:func:`xpcnn.functional.conv.columns.im2col_kmajor` (ow-innermost columns ``(G, kh, kw, C/G, m, oh, ow)``
+    of the padded NCHW chunk ``xpad (m, C, Hp, Wp)``, contiguous) as one copy through a strided view of every
+    window, instead of kh*kw copies."""
     g, kh, kw, cg, _, oh, ow = col.shape
     m = xpad.shape[0]
     xpad = np.ascontiguousarray(xpad)
@@ -215,26 +217,17 @@ def im2col_kmajor(xpad: np.ndarray, col: np.ndarray, stride, dilation) -> np.nda
     return out
 
 
-def _empty_nchw(shape, dtype) -> np.ndarray:
-    n, c, h, w = shape
-    return np.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
-
-
-def _window(a: np.ndarray, i: int, j: int, stride, oh: int, ow: int) -> np.ndarray:
-    return a[:, :, i:i + stride[0] * (oh - 1) + 1:stride[0], j:j + stride[1] * (ow - 1) + 1:stride[1]]
-
-
 def max_pool2d(x: np.ndarray, kernel, stride, oh: int, ow: int, idx_dtype):
     """``(y, idx)`` of max pooling over the (already padded) ``x``, as the portable loop computes them (first
     maximum, NaN wins), every pass written into preallocated blocks of ~256 KiB (faster than allocating each
     pass's result: docs/measurements.md)."""
     n, c = x.shape[0], x.shape[1]
-    y, idx = _empty_nchw((n, c, oh, ow), x.dtype), _empty_nchw((n, c, oh, ow), idx_dtype)
+    y, idx = empty_nchw(xnp, (n, c, oh, ow), x.dtype, None), empty_nchw(xnp, (n, c, oh, ow), idx_dtype, None)
     sample_bytes = _sample_bytes(y)
 
     def shard(a, b):  # blocks of ~256 KiB of output: the passes run on output-sized arrays
         rows = min(b - a, _block_rows(sample_bytes))
-        better, nan, k_or_0 = (_empty_nchw((rows, c, oh, ow), t) for t in (bool, bool, idx_dtype))
+        better, nan, k_or_0 = (empty_nchw(xnp, (rows, c, oh, ow), t, None) for t in (bool, bool, idx_dtype))
         for r0, r1 in _blocks(a, b, sample_bytes):
             m = r1 - r0
             block = (x[r0:r1], y[r0:r1], idx[r0:r1], better[:m], nan[:m], k_or_0[:m])
@@ -250,7 +243,7 @@ def _max_pool_block(x, y, idx, better, nan, k_or_0, kernel, stride, oh: int, ow:
     pass (two passes fewer per offset) gives the same result; the caller checks."""
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            s = _window(x, i, j, stride, oh, ow)
+            s = window(x, i, j, stride, (1, 1), oh, ow)
             if i == j == 0:
                 np.copyto(y, s)
                 idx[...] = 0
@@ -272,7 +265,7 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, s
     n, c, h, w = padded_shape
     oh, ow = dy.shape[2], dy.shape[3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
-    dx = _empty_nchw(padded_shape, dy.dtype)
+    dx = empty_nchw(xnp, padded_shape, dy.dtype, None)
     dy_bits, dx_bits = _bits(dy), _bits(dx)
     if dy_bits is None:
         return None
@@ -282,17 +275,17 @@ def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, s
 
     def shard(a, b):
         rows = min(b - a, _block_rows(sample_bytes))
-        eq, prod = _empty_nchw((rows, c, oh, ow), bool), _empty_nchw((rows, c, oh, ow), dy.dtype)
+        eq, prod = empty_nchw(xnp, (rows, c, oh, ow), bool, None), empty_nchw(xnp, (rows, c, oh, ow), dy.dtype, None)
         for r0, r1 in _blocks(a, b, sample_bytes):
             e, t = eq[:r1 - r0], prod[:r1 - r0]
             for i in range(kernel[0]):
                 for j in range(kernel[1]):
                     np.equal(idx[r0:r1], idx.dtype.type(i * kernel[1] + j), out=e)
                     if disjoint:
-                        np.multiply(dy_bits[r0:r1], e, out=_window(dx_bits[r0:r1], i, j, stride, oh, ow))
+                        np.multiply(dy_bits[r0:r1], e, out=window(dx_bits[r0:r1], i, j, stride, (1, 1), oh, ow))
                     else:
                         np.multiply(dy_bits[r0:r1], e, out=_bits(t))
-                        win = _window(dx[r0:r1], i, j, stride, oh, ow)
+                        win = window(dx[r0:r1], i, j, stride, (1, 1), oh, ow)
                         win += t
     _sharded(shard, dx)
     return dx

@@ -70,9 +70,9 @@ class Conv2d(Module):
             raise ValueError(f"{self.label()}: {e}") from None
         return self.batch_axis_out(y)
 
-    def backward(self, dy, need_dx: bool = True):
-        """Accumulate the parameter gradients; return dx (None with ``need_dx=False``: its GEMM is skipped)."""
-        dx, dw, db = conv2d_backward_params(self.batch_axis_grad(dy), self._ctx, need_dx)
+    def backward(self, dy, input_grad: bool = True):
+        """Accumulate the parameter gradients; return dx (None with ``input_grad=False``: its GEMM is skipped)."""
+        dx, dw, db = conv2d_backward_params(self.batch_axis_grad(dy), self._ctx, input_grad)
         self.weight.grad += dw
         if self.has_bias:
             self.bias.grad += db

@@ -47,12 +47,12 @@ class Linear(Module):
         y, self._ctx = F.linear_forward(x, self.weight.data, self.bias.data if self.has_bias else None)
         return y if lead is None else self.backend.xp.reshape(y, lead + (self.out_features,))
 
-    def backward(self, dy, need_dx: bool = True):
-        """Accumulate the parameter gradients; return dx (None with ``need_dx=False``)."""
+    def backward(self, dy, input_grad: bool = True):
+        """Accumulate the parameter gradients; return dx (None with ``input_grad=False``)."""
         lead = self._ctx_lead
         if lead is not None:
             dy = self.backend.xp.reshape(dy, (math.prod(lead), self.out_features))
-        if need_dx:
+        if input_grad:
             dx, dw, db = F.linear_backward(dy, self._ctx)
         else:
             dx, (dw, db) = None, linear_backward_params(dy, self._ctx)

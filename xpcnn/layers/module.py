@@ -36,7 +36,7 @@ class Parameter:
 class Module:
     """Base class: parameters and buffers by name, forward/backward, train/eval, moving between backends."""
 
-    can_skip_input_grad = False  # True where ``backward(dy, need_dx=False)`` skips the input gradient
+    can_skip_input_grad = False  # True where ``backward(dy, input_grad=False)`` skips the input gradient
     batched_ndim: int | None = None  # the rank of a batch, where the layer also takes one sample of one axis less
 
     def __init__(self) -> None:
