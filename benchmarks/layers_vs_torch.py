@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_cpu import make_xpcnn  # noqa: E402
@@ -75,6 +76,7 @@ def main(argv=None) -> None:
     from xpcnn import malloc
     from xpcnn.tools.torch_compat import to_torch
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")  # the first layer's (docstring)
     malloc.keep_freed_memory()
     model, _, (x, labels) = make_xpcnn(a.model, a.batch)
     net = to_torch(model)
