@@ -4,7 +4,8 @@
     python benchmarks/performance_page.py --check   # exit 1 if the checked-in page is not what the JSON gives
 
 Inputs: ``xpcnn_bench_cpu_2core.json`` (``xpcnn bench --json``), ``bench_mpi_2core.json``
-(``benchmarks/bench_mpi.py --json``), ``opcount_gpu_plan.json`` (``xpcnn count-ops --json``) and
+(``benchmarks/bench_mpi.py --json``), ``layers_vs_torch_2core.json`` (``benchmarks/layers_vs_torch.py --json``),
+``opcount_gpu_plan.json`` (``xpcnn count-ops --json``) and
 ``hand_recorded.json`` (figures of runs that write no JSON, each with the dated history entry it comes from,
 and the date and machine where a file does not record them). Every figure on the page is read from one of
 them; the page says which, and on what machine it ran. Only the standard library: no xpcnn import.
@@ -113,6 +114,29 @@ def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
     return out + para("xpcnn's step on 2 ranks / DDP's on 2: " + ", ".join(ratios) + ".")
 
 
+def layers_section(lay: dict, files: dict, machines: dict) -> list[str]:
+    """The one-process step by layer kind, xpcnn beside PyTorch (``benchmarks/layers_vs_torch.py``)."""
+    f = files["layers_vs_torch_2core.json"]
+    out = ["## One process, layer by layer, against PyTorch", ""]
+    out += provenance("layers_vs_torch_2core.json", f["recorded"], f"{machines[f['machine']]}; {f['machine_extra']}",
+                      f["source"])
+    out += para(f"`python benchmarks/layers_vs_torch.py --model {lay['model']} --batch {lay['batch']} --reps "
+                f"{lay['reps']}`: one training step, float32, 1 thread, xpcnn and PyTorch steps alternating in one "
+                "process, each layer timed inside the step; medians, summed by layer kind (ms).")
+    kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for key, ms in lay["ms"]["xpcnn"].items():
+        if key[:2].isdigit():  # "03 Conv2d F": index, class, pass
+            k = kinds[" ".join(key.split()[1:])]
+            k[0] += ms
+            k[1] += lay["ms"]["torch"][key]
+    rows = [[kind, num(x), num(t), f"{x / t:.2f}"] for kind, (x, t) in sorted(kinds.items(), key=lambda kv: -kv[1][0])
+            if x + t >= 1.0]
+    rows += [[name, num(lay["ms"]["xpcnn"][name]), num(lay["ms"]["torch"][name]),
+              f"{lay['ms']['xpcnn'][name] / lay['ms']['torch'][name]:.2f}"] for name in ("optimizer step", "step")]
+    out += table(["layers (F forward, B backward)", "xpcnn ms", "torch ms", "ratio"], rows)
+    return out + para(f["note"])
+
+
 def opcount_section(ops: dict, files: dict) -> list[str]:
     f = files["opcount_gpu_plan.json"]
     machine = (f"none: operations are counted, not timed, on {ops['results'][0]['backend']} ({ops['plan']} plan, "
@@ -151,6 +175,7 @@ def render() -> str:
     lines += hand_section(hand, "bench_cpu")
     lines += bench_cpu_section(load("xpcnn_bench_cpu_2core.json"), files)
     lines += mpi_section(load("bench_mpi_2core.json"), files, hand["machines"])
+    lines += layers_section(load("layers_vs_torch_2core.json"), files, hand["machines"])
     lines += hand_section(hand, "resnet20_fashion_mnist")
     lines += hand_section(hand, "resnet20_time")
     lines += opcount_section(load("opcount_gpu_plan.json"), files)

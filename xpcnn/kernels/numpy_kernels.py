@@ -56,16 +56,23 @@ def accumulate(dst: np.ndarray, key, src) -> None:
     np.add(view, src, out=view)
 
 
-def _masked_product(a: np.ndarray, mask_of) -> np.ndarray | None:
-    """``a * mask`` over the worker shards (``mask_of(i, j)``: the shard's mask), or None where the product
-    holds inf or NaN (0 * inf = NaN where ``where`` gives 0: the caller falls back to ``where``)."""
-    out = np.empty_like(a)
+def _bits(a: np.ndarray) -> np.ndarray | None:
+    """``a`` seen as unsigned integers of its width (a view, any strides), or None for a width NumPy has none of."""
+    return a.view(f"u{a.itemsize}") if a.itemsize in (1, 2, 4, 8) else None
 
-    def shard(i, j):
-        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf; a huge sum: both only send us to ``where``
-            np.multiply(a[i:j], mask_of(i, j), out=out[i:j], dtype=a.dtype)
-            return bool(np.isfinite(np.add.reduce(out[i:j], axis=None)))
-    return out if all(_sharded(shard, a)) else None
+
+def _masked_copy(a: np.ndarray, mask_of) -> np.ndarray | None:
+    """``where(mask, a, 0)`` exactly, over the worker shards (``mask_of(i, j)``: the shard's mask): the bits of
+    ``a`` times the mask (0 or 1) as unsigned integers, so that inf, NaN and -0.0 pass unchanged where the mask
+    holds and +0.0 lands elsewhere, in one multiply (a float multiply gives NaN for 0 * inf: it needed a check
+    pass and a fall back to ``where``; docs/measurements.md). None for an item width without unsigned integers
+    (the caller runs ``where``)."""
+    out = np.empty_like(a)
+    src, dst = _bits(a), _bits(out)
+    if src is None:
+        return None
+    _sharded(lambda i, j: np.multiply(src[i:j], mask_of(i, j), out=dst[i:j]), a)
+    return out
 
 
 def _elementwise(kernel):
@@ -80,12 +87,11 @@ def _elementwise(kernel):
 
 @_elementwise
 def where_zero(mask: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``where(mask, a, 0)`` exactly, faster: NumPy's ``where`` (and every masked copy) runs at a
-    fraction of the speed of a plain multiply (docs/measurements.md). ``a * mask`` equals it unless ``a``
-    holds inf or NaN where ``mask`` is False (0 * inf = NaN, where the portable path and PyTorch give 0): one
-    reduction detects that and falls back to ``where``. The result keeps the inputs' memory layout.
+    """``where(mask, a, 0)`` exactly, faster (:func:`_masked_copy`): NumPy's ``where`` (and every masked copy)
+    runs at a fraction of the speed of a plain multiply (docs/measurements.md). The result keeps the inputs'
+    memory layout.
     """
-    out = _masked_product(a, lambda i, j: mask[i:j])
+    out = _masked_copy(a, lambda i, j: mask[i:j])
     return out if out is not None else np.where(mask, a, np.zeros((), dtype=a.dtype))
 
 
@@ -101,8 +107,16 @@ def relu(x: np.ndarray) -> np.ndarray:
 @_elementwise
 def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``where(y > 0, dy, 0)``, as :func:`where_zero` with the mask made shard by shard."""
-    out = _masked_product(dy, lambda i, j: y[i:j] > 0)
+    out = _masked_copy(dy, lambda i, j: y[i:j] > 0)
     return out if out is not None else np.where(y > 0, dy, np.zeros((), dtype=dy.dtype))
+
+
+def _row_blocks(m: np.ndarray, *vectors):
+    """``(rows, tiles)``: rows per block of ``m (R, K)`` (:func:`_block_rows`) and each ``(K,)`` vector repeated
+    that many times, block-shaped operands: NumPy runs one contiguous loop a block, where a row-broadcast vector
+    takes one loop a row and ran about half as fast (docs/measurements.md)."""
+    rows = max(1, min(m.shape[0], _block_rows(m.shape[1] * m.itemsize)))
+    return rows, [np.tile(v, (rows, 1)) for v in vectors]
 
 
 def bn_center(m: np.ndarray, g: int, mean_of):
@@ -140,18 +154,20 @@ def bn_grad_sums(d: np.ndarray, centered: np.ndarray):
 
 
 def bn_input_grad(d, centered, scale, k, shift) -> np.ndarray:
-    """``d * scale - centered * k - shift`` (row-broadcast vectors) into a new array, block by block."""
+    """``d * scale - centered * k - shift`` (row-broadcast vectors, :func:`_row_blocks`) into a new array, block by
+    block."""
     out = np.empty(d.shape, dtype=d.dtype)
-    row_bytes = d.shape[1] * d.itemsize
+    rows, (scale_rows, k_rows, shift_rows) = _row_blocks(d, scale, k, shift)
 
     def shard(a, b):
-        tmp = np.empty((min(b - a, _block_rows(row_bytes)), d.shape[1]), dtype=d.dtype)
-        for r0, r1 in _blocks(a, b, row_bytes):
-            o, t = out[r0:r1], tmp[:r1 - r0]
-            np.multiply(d[r0:r1], scale, out=o)
-            np.multiply(centered[r0:r1], k, out=t)
+        tmp = np.empty((min(b - a, rows), d.shape[1]), dtype=d.dtype)
+        for r0, r1 in _blocks(a, b, d.shape[1] * d.itemsize):
+            n = r1 - r0
+            o, t = out[r0:r1], tmp[:n]
+            np.multiply(d[r0:r1], scale_rows[:n], out=o)
+            np.multiply(centered[r0:r1], k_rows[:n], out=t)
             o -= t
-            o -= shift
+            o -= shift_rows[:n]
     _sharded(shard, d)
     return out
 
@@ -241,33 +257,35 @@ def _max_pool_block(x, y, idx, better, nan, k_or_0, kernel, stride, oh: int, ow:
 
 
 def max_pool2d_backward(dy: np.ndarray, idx: np.ndarray, padded_shape, kernel, stride) -> np.ndarray | None:
-    """Input gradient of max pooling on the padded grid ``padded_shape``: each window offset adds
-    ``dy * (idx == k)`` into its strided window of ``dx`` (written, not added, where windows are disjoint),
-    block by block (docs/measurements.md). None where ``dy`` holds inf or NaN (0 * inf is
-    NaN, where the portable path gives 0): the caller then runs the portable code."""
-    if not np.isfinite(np.add.reduce(dy, axis=None)):
-        return None
+    """Input gradient of max pooling on the padded grid ``padded_shape``: each window offset puts
+    ``where(idx == k, dy, 0)`` into its strided window of ``dx`` (written where windows are disjoint, else added),
+    block by block, by the exact bit multiply of :func:`_masked_copy` (inf and NaN in ``dy`` as the portable path
+    has them, with no check pass; docs/measurements.md). None for an item width without unsigned integers: the
+    caller then runs the portable code."""
     n, c, h, w = padded_shape
     oh, ow = dy.shape[2], dy.shape[3]
     disjoint = stride[0] >= kernel[0] and stride[1] >= kernel[1]
     dx = empty_nchw(xnp, padded_shape, dy.dtype, None)
+    dy_bits, dx_bits = _bits(dy), _bits(dx)
+    if dy_bits is None:
+        return None
     if not disjoint or (oh * stride[0], ow * stride[1]) != (h, w) or tuple(stride) != tuple(kernel):
         dx[...] = 0  # sums of overlapping windows, or positions no window covers
     sample_bytes = _sample_bytes(dy)
 
     def shard(a, b):
         rows = min(b - a, _block_rows(sample_bytes))
-        eq, prod = (empty_nchw(xnp, (rows, c, oh, ow), dy.dtype, None) for _ in range(2))
+        eq, prod = empty_nchw(xnp, (rows, c, oh, ow), bool, None), empty_nchw(xnp, (rows, c, oh, ow), dy.dtype, None)
         for r0, r1 in _blocks(a, b, sample_bytes):
             e, t = eq[:r1 - r0], prod[:r1 - r0]
             for i in range(kernel[0]):
                 for j in range(kernel[1]):
-                    np.equal(idx[r0:r1], idx.dtype.type(i * kernel[1] + j), out=e, casting="unsafe")
-                    win = window(dx[r0:r1], i, j, stride, (1, 1), oh, ow)
+                    np.equal(idx[r0:r1], idx.dtype.type(i * kernel[1] + j), out=e)
                     if disjoint:
-                        np.multiply(dy[r0:r1], e, out=win)
+                        np.multiply(dy_bits[r0:r1], e, out=window(dx_bits[r0:r1], i, j, stride, (1, 1), oh, ow))
                     else:
-                        np.multiply(dy[r0:r1], e, out=t)
+                        np.multiply(dy_bits[r0:r1], e, out=_bits(t))
+                        win = window(dx[r0:r1], i, j, stride, (1, 1), oh, ow)
                         win += t
     _sharded(shard, dx)
     return dx
