@@ -1,5 +1,5 @@
 """xpcnn: a readable CNN written once against the Python Array API (NumPy on the CPU, CuPy on the GPU)."""
-from . import config, functional, optim
+from . import _moved, config, functional, optim
 from .backend import Backend, available_backends, get_backend, to_numpy
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout,
                      Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, Module, MSELoss, Parameter, ReLU,
@@ -14,6 +14,8 @@ from .models import build_model
 from .training import evaluate, fit
 
 __version__ = "0.1.0"
+
+_moved.install()  # the module paths of before the redesign still import (xpcnn._moved)
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Backend", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
            "Dropout", "Flatten", "GlobalAvgPool2d", "LeakyReLU", "Linear", "MaxPool2d", "Module", "MSELoss",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -62,7 +63,8 @@ class Settings:
     * ``conv_input_grad``: the input gradient's algorithm, one of :data:`CONV_INPUT_GRADS` (a forced one runs
       where it applies, elsewhere col2im).
     * ``num_threads``: worker threads for NumPy ops inside a model step (:mod:`xpcnn.threads`); ``None``
-      follows the BLAS thread count, 1 runs every op on the calling thread.
+      follows the BLAS thread count, 1 runs every op on the calling thread. Read when a step begins; the
+      worker pool and the BLAS thread count it sets are the process's, so run one NumPy step at a time.
     * ``keep_freed_memory``: the first NumPy model step raises glibc's malloc thresholds, so freed buffers are
       reused by the next step (:mod:`xpcnn.malloc`); takes effect only before that first step.
     * ``plan``: which device's plan ops follow, one of :data:`PLANS` ("auto": by the arrays' device; "gpu":
@@ -130,14 +132,17 @@ def using(**changes) -> Iterator[Settings]:
         _scoped.reset(token)
 
 
+_defaults_lock = threading.Lock()
+
+
 def _set(**changes) -> None:
     """Change the settings in force here: the ``using`` block's until it ends, else the process defaults."""
     global _defaults
-    new = _changed(**changes)
-    if _scoped.get() is None:
-        _defaults = new
-    else:
-        _scoped.set(new)
+    if _scoped.get() is not None:
+        _scoped.set(_changed(**changes))
+        return
+    with _defaults_lock:  # two threads changing different defaults keep both changes
+        _defaults = _changed(**changes)
 
 
 def set_workspace_limit(nbytes: int | None) -> None:

@@ -84,12 +84,18 @@ def workers() -> int:
     return _workers
 
 
+def splits_ops(xp) -> bool:
+    """Whether a model step on namespace ``xp`` splits its ops over worker threads: NumPy, on the CPU's plan
+    (the one place that decides it; :func:`step_threads` says how many)."""
+    return is_numpy_namespace(xp) and not config.gpu_plan()
+
+
 @contextmanager
 def step(xp) -> Iterator[int]:
     """Run a model step with worker threads on NumPy (see the module docstring); yields the worker count.
     A step inside a step keeps the outer one's setting."""
     global _workers, _active
-    if _active or not is_numpy_namespace(xp) or config.gpu_plan():
+    if _active or not splits_ops(xp):
         yield _workers
         return
     n = step_threads()

@@ -10,7 +10,7 @@ from ..data import Dataset, Normalizer
 from ..datasets import DATASETS, DEFAULT_MODELS, load_dataset
 from ..models import MODELS, build_model
 from ..errors import InputError, InputValueError
-from ..threads import limit_blas, step_threads
+from ..threads import limit_blas, splits_ops, step_threads
 from ._types import non_negative, positive
 
 
@@ -83,7 +83,7 @@ def command_threads(n: int | None) -> ContextManager[None]:
 def describe_parallel(model, ranks: int = 1) -> str:
     """How a training step runs, for the command's first line: MPI ranks, and threads per process on NumPy."""
     where = f", {ranks} MPI ranks" if ranks > 1 else ""
-    if model.backend.name != "numpy":
+    if not splits_ops(model.backend.xp):
         return where
     n = step_threads()
     return where + (", 1 thread" if n <= 1 else f", {n} threads") + (" each" if ranks > 1 else "")

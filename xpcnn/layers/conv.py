@@ -9,7 +9,7 @@ import numpy as np
 from .. import functional as F
 from ..functional._util import PADDING_MODES, conv_padding, pad2d_mode, pad2d_mode_backward, pair
 from ..functional.conv import conv2d_backward_params
-from .module import Module, check_positive_int
+from .module import Module, check_positive_int, input_grad_of
 
 
 class Conv2d(Module):
@@ -70,8 +70,9 @@ class Conv2d(Module):
             raise ValueError(f"{self.label()}: {e}") from None
         return self.batch_axis_out(y)
 
-    def backward(self, dy, input_grad: bool = True):
+    def backward(self, dy, input_grad: bool = True, *, need_dx: bool | None = None):
         """Accumulate the parameter gradients; return dx (None with ``input_grad=False``: its GEMM is skipped)."""
+        input_grad = input_grad_of(input_grad, need_dx, "Conv2d")
         dx, dw, db = conv2d_backward_params(self.batch_axis_grad(dy), self._ctx, input_grad)
         self.weight.grad += dw
         if self.has_bias:

@@ -10,7 +10,7 @@ from array_api_compat import device
 from .. import functional as F
 from ..functional._util import empty_nchw, is_int
 from ..functional.linear import linear_backward_params
-from .module import Module, check_factory_kwargs, check_positive_int
+from .module import Module, check_factory_kwargs, check_positive_int, input_grad_of
 
 
 class Linear(Module):
@@ -47,8 +47,9 @@ class Linear(Module):
         y, self._ctx = F.linear_forward(x, self.weight.data, self.bias.data if self.has_bias else None)
         return y if lead is None else self.backend.xp.reshape(y, lead + (self.out_features,))
 
-    def backward(self, dy, input_grad: bool = True):
+    def backward(self, dy, input_grad: bool = True, *, need_dx: bool | None = None):
         """Accumulate the parameter gradients; return dx (None with ``input_grad=False``)."""
+        input_grad = input_grad_of(input_grad, need_dx, "Linear")
         lead = self._ctx_lead
         if lead is not None:
             dy = self.backend.xp.reshape(dy, (math.prod(lead), self.out_features))

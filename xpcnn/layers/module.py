@@ -259,3 +259,12 @@ def check_factory_kwargs(owner: str, device: Any = None, dtype: Any = None) -> N
         if value is not None:
             raise ValueError(f"{owner}: {name}={value!r} per layer is not supported: xpcnn puts the whole model on "
                              f"one device and dtype, Sequential(..., backend=..., dtype=...)")
+
+
+def input_grad_of(input_grad: bool, need_dx: bool | None, owner: str) -> bool:
+    """``backward``'s ``input_grad``, or its name of before the redesign, ``need_dx`` (warns)."""
+    if need_dx is None:
+        return input_grad
+    import warnings
+    warnings.warn(f"{owner}.backward(need_dx=...) is now input_grad=...", DeprecationWarning, stacklevel=3)
+    return bool(need_dx)

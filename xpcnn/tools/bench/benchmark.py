@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 from ...backend import Backend, get_backend
 from ...errors import InputValueError
 from ...models import MODEL_INPUTS
-from ...threads import blas_threads, limit_blas, step_threads
+from ...threads import blas_threads, limit_blas, splits_ops, step_threads
 from .layers import layer_breakdown
 from .machine import machine_info
 from .runners import LR, MOMENTUM, TorchRunner, XpcnnRunner
@@ -36,7 +36,7 @@ def limit_threads(stack: ExitStack, n: int | None, log: Callable[[str], None]) -
 
 def _cpu_parallel(runner) -> str | None:
     """How an xpcnn NumPy train step spread over the CPU: "N threads" or "1 thread"."""
-    if runner.framework != "xpcnn" or runner.backend.name != "numpy":
+    if runner.framework != "xpcnn" or not splits_ops(runner.backend.xp):
         return None
     n = step_threads()
     return f"{n} thread" + ("s" if n > 1 else "")
