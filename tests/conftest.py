@@ -87,6 +87,19 @@ def env(request) -> Env:
     return make_env(request.param)
 
 
+@pytest.fixture(autouse=True)
+def scoped_settings(request):
+    """Every test runs inside ``xpcnn.using()``: what it sets (``config.set_*``, ``xpcnn.using``) ends with it,
+    pass or fail. Code on a new ``threading.Thread`` sees the process defaults (xpcnn's worker threads take the
+    caller's settings). A test marked ``process_settings`` (tests/test_config.py: the defaults themselves) runs
+    outside any block."""
+    if request.node.get_closest_marker("process_settings"):
+        yield
+        return
+    with xpcnn.using():
+        yield
+
+
 @pytest.fixture
 def one_blas_thread():
     """Small GEMMs on a shared 2-core machine: one BLAS thread is fastest and steadiest (threadpoolctl, optional)."""

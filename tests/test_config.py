@@ -10,6 +10,8 @@ import pytest
 import xpcnn
 from xpcnn import config, threads
 
+pytestmark = pytest.mark.process_settings  # these tests set and read the process defaults: no using() around them
+
 
 @pytest.fixture(autouse=True)
 def restored_defaults():

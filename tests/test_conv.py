@@ -114,8 +114,7 @@ FORCED_CASES = [(algo, c) for algo, cases in FORCED.items() for c in cases]
 @pytest.fixture
 def conv_algorithm(request):
     xpcnn.config.set_conv_algorithm(request.param)
-    yield request.param
-    xpcnn.config.set_conv_algorithm(None)
+    return request.param
 
 
 def _took(algo, case, rng):
@@ -167,12 +166,9 @@ def test_conv2d_auto_takes_each_path_where_measured_faster(rng):
     assert paths((1, 32, 32, 32), (8, 32, 1, 1), stride=2) == ("im2col_nhwc", "im2col_nhwc")  # no overlap: col2im
     assert paths((1, 32, 32, 32), (8, 16, 3, 3), groups=2) == ("im2col", "im2col")
     xpcnn.config.set_conv_algorithm("im2col")
-    try:
-        assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col", "im2col")
-        xpcnn.config.set_conv_algorithm("polyphase")  # forced at stride 1 too, where auto would transpose
-        assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "polyphase")
-    finally:
-        xpcnn.config.set_conv_algorithm(None)
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col", "im2col")
+    xpcnn.config.set_conv_algorithm("polyphase")  # forced at stride 1 too, where auto would transpose
+    assert paths((1, 32, 32, 32), (8, 32, 3, 3)) == ("im2col_nhwc", "polyphase")
     with pytest.raises(ValueError):
         xpcnn.config.set_conv_algorithm("winograd")
 

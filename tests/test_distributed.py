@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import xpcnn
 from xpcnn import distributed
 from xpcnn.checkpoint import Checkpoint
 from xpcnn.cli import main
@@ -103,13 +104,8 @@ def test_two_and_three_ranks_train_as_one_process_and_reruns_are_bit_identical(t
 def test_ranks_train_as_one_process_on_the_gpu_plan(tmp_path):
     """The same jobs on the GPU plan (batch norm's plain form: its sums reduced over the ranks in forward and
     backward, the backward's two in one allreduce): 2 and 3 ranks equal one process to 1e-10."""
-    from xpcnn import config
-    saved = config.get_plan()
-    config.set_plan("gpu")
-    try:
+    with xpcnn.using(plan="gpu"):  # here; the ranks' processes get it by XPCNN_PLAN
         ref = mpi_job.train_states(distributed.Communicator())
-    finally:
-        config.set_plan(saved)
     for n in (2, 3):
         out = tmp_path / f"{n}.npz"
         r = mpiexec(n, "-m", "mpi4py", str(HERE / "mpi_job.py"), str(out), env={**os.environ, "XPCNN_PLAN": "gpu"})

@@ -24,16 +24,6 @@ CASES = [  # x shape, w shape, stride, padding, dilation, groups
 ]
 
 
-@pytest.fixture
-def settings():
-    yield
-    config.set_fast_paths(True)
-    config.set_workspace_limit(None)
-    config.set_cache_columns(False)
-    config.set_conv_algorithm(None)
-    config.set_plan(None)
-
-
 def _run(case, seed):
     xs, ws, s, p, d, g = case
     rng = np.random.default_rng(seed)
@@ -44,9 +34,8 @@ def _run(case, seed):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_conv_fast_paths_match_portable(case, settings):
+def test_conv_fast_paths_match_portable(case):
     config.set_fast_paths(False)
-    config.set_workspace_limit(None)
     ref = _run(case, 7)
     for fast, limit, cache, algo in itertools.product([False, True], [1, 3000, 10 ** 9], [False, True],
                                                       ["auto", "im2col", "im2col_nhwc", "im2col_blocked",
@@ -61,7 +50,7 @@ def test_conv_fast_paths_match_portable(case, settings):
                                        err_msg=f"fast={fast} limit={limit} cache={cache} algo={algo}")
 
 
-def test_workspace_limit_bounds_the_column_buffer(settings):
+def test_workspace_limit_bounds_the_column_buffer():
     """Batch 1024 of 3x224x224 through a first conv: the column buffer stays under the limit (chunked)."""
     from xpcnn.functional.conv import planner
     n, c, hw = 1024, 3, 224
@@ -78,7 +67,7 @@ def test_workspace_limit_bounds_the_column_buffer(settings):
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1], 27.0)
 
 
-def test_workspace_limit_defaults_per_device_and_one_setting_for_all(settings, monkeypatch):
+def test_workspace_limit_defaults_per_device_and_one_setting_for_all(monkeypatch):
     """16 MiB on a CPU, 512 MiB on a GPU (where each chunk is a round of kernel launches); a limit that is set
     holds on every device, and None restores the defaults. vgg-small's 32 -> 32 conv at batch 128 (1.2 MB of
     float32 columns a sample): 14 samples a chunk under 16 MiB, the whole batch on a GPU."""
@@ -105,7 +94,7 @@ def test_workspace_limit_validation():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("special", [None, "nan", "inf", "huge"])
-def test_relu_backward_fast_path_matches_portable(dtype, special, settings):
+def test_relu_backward_fast_path_matches_portable(dtype, special):
     """The NumPy ReLU backward (a multiply by the mask) equals ``where(y > 0, dy, 0)`` exactly, also for inf/NaN
     in ``dy`` where ``y <= 0`` (0, as PyTorch), and keeps the channels-last layout of its inputs."""
     from xpcnn.functional import relu, relu_backward
@@ -130,7 +119,7 @@ def test_relu_backward_fast_path_matches_portable(dtype, special, settings):
 
 @pytest.mark.parametrize("geom", [(2, 2, 0), (3, 2, 1), (2, 3, 0)])  # kernel, stride, padding
 @pytest.mark.parametrize("special", [None, "nan", "inf"])
-def test_max_pool_fast_path_matches_portable(geom, special, settings):
+def test_max_pool_fast_path_matches_portable(geom, special):
     """Max pooling with the NumPy ``where_zero`` kernel equals the portable path exactly (ties, NaN in the
     input, inf/NaN in the gradient), disjoint and overlapping windows."""
     from xpcnn.functional import max_pool2d_backward, max_pool2d_forward
@@ -151,7 +140,7 @@ def test_max_pool_fast_path_matches_portable(geom, special, settings):
     np.testing.assert_array_equal(out[1][1], out[0][1])
 
 
-def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
+def test_workspace_limit_bounds_the_transposed_gradient_columns():
     """The input gradient as a transposed convolution chunks its columns like a forward: (kh*kw*F) values per
     output pixel under the limit."""
     from xpcnn.functional import conv as C
@@ -168,7 +157,7 @@ def test_workspace_limit_bounds_the_transposed_gradient_columns(settings):
     np.testing.assert_allclose(dx[:, :, 1:-1, 1:-1], 72.0)
 
 
-def test_cache_sized_pieces_only_off_the_gpu(settings, monkeypatch):
+def test_cache_sized_pieces_only_off_the_gpu(monkeypatch):
     """On a CPU a batch runs in cache-sized chunks (CHUNK_TARGET), the banded input gradient in sub-chunks and long
     weight-gradient reductions in blocks; on a GPU only the workspace limit bounds a chunk (each piece would be
     more kernel launches). Same gradients either way."""

@@ -13,22 +13,14 @@ from conftest import make_env
 from gradcheck import assert_close
 
 
-@pytest.fixture
-def plan():
-    """Set the plan inside a test; restored after."""
-    saved = config.get_plan()
-    yield config.set_plan
-    config.set_plan(saved)
-
-
-def test_set_plan_validates_and_reads_the_environment(plan, monkeypatch):
+def test_set_plan_validates_and_reads_the_environment(monkeypatch):
     with pytest.raises(xpcnn.errors.InputValueError, match="plan must be one of"):
-        plan("tpu")
-    plan("gpu")
+        config.set_plan("tpu")
+    config.set_plan("gpu")
     assert config.get_plan() == "gpu" and config.gpu_plan() and config.gpu_plan(np.zeros(1))
-    plan("cpu")
+    config.set_plan("cpu")
     assert not config.gpu_plan()
-    plan(None)
+    config.set_plan(None)
     assert config.get_plan() == "auto" and not config.gpu_plan(np.zeros(1))
     monkeypatch.setenv("XPCNN_PLAN", "GPU")
     assert config._plan_from_env() == "gpu"
@@ -61,18 +53,18 @@ def _two_steps(env, rng_seed=5):
 
 
 @pytest.mark.parametrize("key", ["numpy", "strict"])
-def test_gpu_plan_matches_cpu_plan(key, plan):
+def test_gpu_plan_matches_cpu_plan(key):
     env = make_env(key)
-    plan("cpu")
+    config.set_plan("cpu")
     cpu = _two_steps(env)
-    plan("gpu")
+    config.set_plan("gpu")
     gpu = _two_steps(env)
     for k, (a, b) in enumerate(zip(gpu, cpu)):
         assert_close(a, b, env.tol, f"{key} result {k}")
 
 
 @pytest.mark.parametrize("key", ["numpy", "strict"])
-def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
+def test_gpu_plan_runs_the_plain_convolution(key, rng):
     """Few channels (the CPU plan's width-blocked columns and banded input gradient), many channels at stride 1
     (transposed) and stride 2 (polyphase): on the GPU plan all are im2col_nhwc, columns kept, and the input
     gradient a transposed convolution at stride 1, else col2im."""
@@ -84,7 +76,7 @@ def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
         x, w = env.put(rng.standard_normal(x_shape)), env.put(rng.standard_normal(w_shape))
         results = {}
         for name in ("cpu", "gpu"):
-            plan(name)
+            config.set_plan(name)
             y, ctx = C.conv2d_forward(x, w, stride=stride, padding=1)
             dx, dw, _ = C.conv2d_backward(y, ctx)
             results[name] = (env.get(y), env.get(dx), env.get(dw))
@@ -98,17 +90,14 @@ def test_gpu_plan_runs_the_plain_convolution(key, plan, rng):
             assert_close(a, b, env.tol, f"{key} {w_shape} stride {stride}")
 
 
-def test_gpu_plan_turns_off_numpy_kernels_and_threads(plan):
-    plan("cpu")
+def test_gpu_plan_turns_off_numpy_kernels_and_threads():
+    config.set_plan("cpu")
     assert kernels.get("relu", np) is not None
-    plan("gpu")
+    config.set_plan("gpu")
     assert kernels.get("relu", np) is None
     xpcnn.config.set_num_threads(2)
-    try:
-        with threads.step(np) as workers:
-            assert workers == 1
-    finally:
-        xpcnn.config.set_num_threads(None)
+    with threads.step(np) as workers:
+        assert workers == 1
 
 
 @pytest.mark.parametrize("key", ["numpy", "strict-device1"])
@@ -118,7 +107,7 @@ def test_gpu_plan_turns_off_numpy_kernels_and_threads(plan):
                                       dict(kernel=(1, 3), stride=1, padding=(0, 1), dilation=1),
                                       dict(kernel=(3, 2), stride=1, padding=(1, 0), dilation=(2, 1)),
                                       dict(kernel=(1, 3), stride=1, padding=1, dilation=1)])
-def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rng):
+def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, rng):
     """The plain path's separable im2col and col2im (kh + kw copies and adds) or transposed input gradient (stride
     1) on odd geometries, in one chunk
     and one sample per chunk (a tiny workspace limit), against the loop reference."""
@@ -131,15 +120,12 @@ def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rn
     y_ref = ref.conv2d_forward(x0, w0, None, stride, pads, dil)
     g0 = rng.standard_normal(y_ref.shape)
     dx_ref, dw_ref, _ = ref.conv2d_backward(g0, x0, w0, stride, pads, dil)
-    plan("gpu")
+    config.set_plan("gpu")
     for limit in (None, 1):  # 1 byte: one sample per chunk
         config.set_workspace_limit(limit)
-        try:
-            y, ctx = C.conv2d_forward(env.put(x0), env.put(w0), None, geometry["stride"], geometry["padding"],
-                                      geometry["dilation"])
-            dx, dw, _ = C.conv2d_backward(env.put(g0), ctx)
-        finally:
-            config.set_workspace_limit(None)
+        y, ctx = C.conv2d_forward(env.put(x0), env.put(w0), None, geometry["stride"], geometry["padding"],
+                                  geometry["dilation"])
+        dx, dw, _ = C.conv2d_backward(env.put(g0), ctx)
         within = all(p <= d * (k - 1) for p, d, k in zip(pads, (dil[0], dil[0], dil[1], dil[1]),
                                                           2 * geometry["kernel"][:1] + 2 * geometry["kernel"][1:]))
         gpu_dx = "transposed" if stride == (1, 1) and within else "im2col_nhwc"  # else padding beyond the kernel
@@ -150,11 +136,11 @@ def test_gpu_plan_convolution_against_the_loop_reference(key, geometry, plan, rn
         assert_close(env.get(dw), dw_ref, env.tol, f"dw {geometry}")
 
 
-def test_kept_padded_buffers_are_not_shared_by_other_paddings(plan, rng):
+def test_kept_padded_buffers_are_not_shared_by_other_paddings(rng):
     """Two convolutions whose padded inputs have one shape (6x6 padded by 1, 4x4 by 2) but other borders, run
     in turn: each keeps its own zero border."""
     import reference as ref
-    plan("gpu")
+    config.set_plan("gpu")
     w0 = rng.standard_normal((2, 3, 3, 3))
     for _ in range(2):
         for size, pad in ((6, 1), (4, 2)):
@@ -169,15 +155,14 @@ def test_kept_padded_buffers_are_not_shared_by_other_paddings(plan, rng):
                                      dict(kernel_size=3, padding=1, padding_mode="reflect"),
                                      dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))])
 @pytest.mark.parametrize("limit", [None, 1])
-def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, plan, rng, request):
+def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, rng):
     """Conv2d on the GPU plan (tensordot with the weight as it lies, columns (m, oh, ow, kh, kw, C); transposed
     input gradient at stride 1): output, input gradient, weight and bias gradients, with and without the input
     gradient, as on the CPU plan, on every backend; in one chunk and one sample a chunk (``limit`` 1 byte)."""
     x0 = rng.standard_normal((3, 5, 7, 6))
     results = {}
-    request.addfinalizer(lambda: config.set_workspace_limit(None))
     for name in ("cpu", "gpu"):
-        plan(name)
+        config.set_plan(name)
         config.set_workspace_limit(limit if name == "gpu" else None)
         layer = xpcnn.Sequential(xpcnn.Conv2d(5, 4, **options), backend=env.backend, seed=2)
         conv = layer.layers[0]
@@ -190,7 +175,6 @@ def test_gpu_plan_conv_layer_matches_cpu_plan(env, options, limit, plan, rng, re
         assert conv.backward(g, input_grad=False) is None
         assert all(np.array_equal(a, env.get(p.grad)) for a, p in zip(grads, conv.parameters()))
         results[name] = [env.get(y), env.get(dx)] + grads
-        config.set_workspace_limit(None)
         if name == "gpu":
             ctx = conv._ctx
             assert ctx.algorithm == "im2col_nhwc" and ctx.wk is None and (ctx.cols is None) == (limit is not None)

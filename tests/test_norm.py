@@ -197,29 +197,25 @@ def test_gpu_plan_runs_the_plain_form_with_the_cpu_plans_results(kind, key, rng)
     shape = SHAPES[kind]
     x0, dy0 = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
     g0, b0, rm0, rv0 = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
-    saved = config.get_plan()
     cases = [(affine, running, training, momentum, n) for affine in (True, False) for running in (True, False)
              for training in (True, False) for momentum in (0.1, "0-d") for n in (shape[0], 0)
              if (running or training) and (training or momentum == 0.1) and (n or training)]
-    try:
-        for affine, running, training, momentum, n in cases:
-            results = {}
-            for name in ("cpu", "gpu"):
-                config.set_plan(name)
-                x, dy = env.put(x0[:n]), env.put(dy0[:n])
-                g, b = (env.put(g0), env.put(b0)) if affine else (None, None)
-                rm, rv = (env.put(rm0), env.put(rv0)) if running else (None, None)
-                m = env.xp.asarray(0.25, dtype=env.dtype, device=env.backend.device) if momentum == "0-d" else momentum
-                y, nrm, nrv, ctx = F.batch_norm_forward(x, g, b, rm, rv, training, m, 1e-3)
-                assert isinstance(ctx, norm._PlainContext) == (name == "gpu")  # the path that ran
-                dx, dg, db = F.batch_norm_backward(dy, ctx)
-                assert (dg is None) == (db is None) == (not affine)
-                assert np.array_equal(env.get(x), x0[:n]) and np.array_equal(env.get(dy), dy0[:n])
-                results[name] = [env.get(a) for a in (y, nrm, nrv, dx, dg, db) if a is not None]
-            assert len(results["gpu"]) == len(results["cpu"]) == 2 + 2 * running + 2 * affine
-            for k, (a, c) in enumerate(zip(results["gpu"], results["cpu"])):
-                assert a.shape == c.shape
-                assert_close(a, c, env.tol, f"{key} {kind} affine={affine} running={running} training={training} "
-                                            f"momentum={momentum} n={n}: result {k}")
-    finally:
-        config.set_plan(saved)
+    for affine, running, training, momentum, n in cases:
+        results = {}
+        for name in ("cpu", "gpu"):
+            config.set_plan(name)
+            x, dy = env.put(x0[:n]), env.put(dy0[:n])
+            g, b = (env.put(g0), env.put(b0)) if affine else (None, None)
+            rm, rv = (env.put(rm0), env.put(rv0)) if running else (None, None)
+            m = env.xp.asarray(0.25, dtype=env.dtype, device=env.backend.device) if momentum == "0-d" else momentum
+            y, nrm, nrv, ctx = F.batch_norm_forward(x, g, b, rm, rv, training, m, 1e-3)
+            assert isinstance(ctx, norm._PlainContext) == (name == "gpu")  # the path that ran
+            dx, dg, db = F.batch_norm_backward(dy, ctx)
+            assert (dg is None) == (db is None) == (not affine)
+            assert np.array_equal(env.get(x), x0[:n]) and np.array_equal(env.get(dy), dy0[:n])
+            results[name] = [env.get(a) for a in (y, nrm, nrv, dx, dg, db) if a is not None]
+        assert len(results["gpu"]) == len(results["cpu"]) == 2 + 2 * running + 2 * affine
+        for k, (a, c) in enumerate(zip(results["gpu"], results["cpu"])):
+            assert a.shape == c.shape
+            assert_close(a, c, env.tol, f"{key} {kind} affine={affine} running={running} training={training} "
+                                        f"momentum={momentum} n={n}: result {k}")

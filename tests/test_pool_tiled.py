@@ -78,17 +78,13 @@ def test_the_path_each_plan_runs(rng):
     assert not pool.tiles((1, 1, 8, 8), (2, 2), (2, 2), (2, 1), (0, 0, 0, 0), 4, 4)
     strict = make_env("strict")
     x = rng.standard_normal((2, 3, 8, 8))
-    saved = config.get_plan()
-    try:
-        for plan, env, options, tiled in [("gpu", strict, (2,), True), ("gpu", strict, (2, 2, 1), False),
-                                          ("gpu", strict, (3, 3, 0, 1, True), False), ("cpu", strict, (2,), False),
-                                          ("gpu", make_env("numpy"), (2,), True),
-                                          ("cpu", make_env("numpy"), (2,), False)]:
-            config.set_plan(plan)
-            _, ctx = F.max_pool2d_forward(env.put(x), *options)
-            assert isinstance(ctx, pool.TiledPool) == tiled, (plan, env, options)
-    finally:
-        config.set_plan(saved)
+    for plan, env, options, tiled in [("gpu", strict, (2,), True), ("gpu", strict, (2, 2, 1), False),
+                                      ("gpu", strict, (3, 3, 0, 1, True), False), ("cpu", strict, (2,), False),
+                                      ("gpu", make_env("numpy"), (2,), True),
+                                      ("cpu", make_env("numpy"), (2,), False)]:
+        config.set_plan(plan)
+        _, ctx = F.max_pool2d_forward(env.put(x), *options)
+        assert isinstance(ctx, pool.TiledPool) == tiled, (plan, env, options)
 
 
 def test_tiled_layer_with_indices_and_an_empty_batch(gpu_plan, rng):

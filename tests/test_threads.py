@@ -18,7 +18,7 @@ from xpcnn.models import build_model
 
 @pytest.fixture
 def workers(monkeypatch):
-    """``workers(n)``: enter a step with n worker threads (config.set_num_threads); restored afterwards. Shards
+    """``workers(n)``: enter a step with n worker threads (config.set_num_threads), left after the test. Shards
     of any size, so that the small test arrays are split too."""
     monkeypatch.setattr(threads, "MIN_SHARD_BYTES", 1)
     stack = []
@@ -31,9 +31,6 @@ def workers(monkeypatch):
     yield enter
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
-    config.set_num_threads(None)
-    config.set_conv_algorithm(None)
-    config.set_workspace_limit(None)
 
 
 def _needs_threadpoolctl():
@@ -88,11 +85,8 @@ def test_step_sets_blas_to_one_thread_and_restores_it():
 def test_step_is_a_no_op_off_numpy():
     strict = pytest.importorskip("array_api_strict")
     config.set_num_threads(4)
-    try:
-        with threads.step(strict) as n:
-            assert n == 1 and threads.ranges(8) == [(0, 8)]
-    finally:
-        config.set_num_threads(None)
+    with threads.step(strict) as n:
+        assert n == 1 and threads.ranges(8) == [(0, 8)]
 
 
 def test_set_num_threads_checks_its_argument():
@@ -141,15 +135,12 @@ def _train_steps(threads, steps=3):
     loss_fn = xpcnn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     x, labels = rng.standard_normal((6, 3, 8, 8)), rng.integers(0, 10, 6)
-    config.set_num_threads(threads)
-    try:
+    with xpcnn.using(num_threads=threads):
         for _ in range(steps):
             opt.zero_grad()
             loss_fn(model(x), labels)
             model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
-    finally:
-        config.set_num_threads(None)
     return model.state_dict()
 
 
@@ -166,8 +157,6 @@ def fresh_malloc(monkeypatch):
     monkeypatch.setattr(malloc, "_applied", None)
     for k in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(k)
-    yield
-    config.set_keep_freed_memory(True)
 
 
 def test_keep_freed_memory_is_applied_once_on_linux(fresh_malloc, monkeypatch):
@@ -219,11 +208,8 @@ def test_elementwise_kernels_on_workers_match_the_portable_ops(special, workers)
     """The NumPy kernels (out=, sharded) against the portable code: float64, 1e-12; the same bits on rerun and
     on one worker; inf/NaN in the gradient handled as the portable path does."""
     _needs_threadpoolctl()
-    config.set_fast_paths(False)
-    try:
+    with xpcnn.using(fast_paths=False):
         ref = _elementwise_ops(np.random.default_rng(5), special)
-    finally:
-        config.set_fast_paths(True)
     one = _elementwise_ops(np.random.default_rng(5), special)
     workers(2)
     two = _elementwise_ops(np.random.default_rng(5), special)
