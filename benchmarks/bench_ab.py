@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+# The child runs on old checkouts too, so it uses only what every version has: its own small table of inputs
+# (not xpcnn.models.MODEL_INPUTS, which older checkouts lack) and its own loop of steps.
 CHILD = r"""
 import json, sys, time
 import numpy as np
