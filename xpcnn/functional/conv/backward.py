@@ -53,13 +53,13 @@ def conv2d_backward_params(dy, ctx, input_grad: bool = False):
     elif plan.input_grad == "col2im":
         dx = col2im_buffer(xp, ctx, plan, dy.dtype, dev)
         # the weight as (K, F) rows: after width-blocked columns (dcol unblocked) or tensordot (none kept)
-        wk = weight_kf(xp, weight, 1) if ctx.algorithm == "im2col_blocked" or split else ctx.wk
+        wk = weight_kf(xp, weight, 1) if ctx.layout == "im2col_blocked" or split else ctx.wk
         wkt = xp.matrix_transpose(wk)
 
     def shard(a: int, b: int):
         """dW of samples ``a:b`` (and their dx, written into ``dx``), chunk by chunk."""
         if ctx.cols is None:
-            columns = column_builder(xp, x[a:b, ...], weight.shape, ctx.algorithm, ctx.pads, ctx.stride,
+            columns = column_builder(xp, x[a:b, ...], weight.shape, ctx.layout, ctx.pads, ctx.stride,
                                      ctx.dilation, ctx.groups, oh, ow, ctx.nb, ctx.block, split,
                                      separable=plan.separable)
         dwk = None

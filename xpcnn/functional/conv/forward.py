@@ -18,7 +18,7 @@ class ConvContext(NamedTuple):
     x: Any
     weight: Any
     wk: Any                 # the weight ordered as the columns: (K, F) rows, (G, K, F/G), blocked; None: tensordot
-    algorithm: str          # the forward's column layout: "im2col", "im2col_nhwc" or "im2col_blocked"
+    layout: str             # the forward's column layout: "im2col", "im2col_nhwc" or "im2col_blocked"
     cols: Any               # the forward's columns when column caching kept them, else None
     pads: tuple
     stride: tuple
@@ -29,6 +29,11 @@ class ConvContext(NamedTuple):
     nb: int                 # samples per chunk
     has_bias: bool
     block: int = 1          # outputs per row of "im2col_blocked" columns
+
+    @property
+    def algorithm(self) -> str:
+        """The layout's name of before the settings split (``layout``)."""
+        return self.layout
 
 
 def gemm(xp, cm, wk, layout: str, groups: int, f: int, weight=None, channel_axis: int = 1):
@@ -115,7 +120,7 @@ def conv2d_forward(x, weight, bias=None, stride: Any = 1, padding: Any = 0, dila
         y = add_rows_bias(xp, y, bias, ow)
     if y.ndim != 4:
         y = xp.reshape(y, (n, oh, ow, f))
-    ctx = ConvContext(x=x, weight=weight, wk=wk, algorithm=plan.layout, cols=cached, pads=pads, stride=stride,
+    ctx = ConvContext(x=x, weight=weight, wk=wk, layout=plan.layout, cols=cached, pads=pads, stride=stride,
                       dilation=dilation, groups=groups, oh=oh, ow=ow, nb=plan.nb, has_bias=bias is not None,
                       block=plan.block)
     return xp.permute_dims(y, (0, 3, 1, 2)), ctx

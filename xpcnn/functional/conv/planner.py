@@ -190,7 +190,7 @@ def _input_grad(s, ctx, plain: bool) -> str:
     f, c, kh, kw = ctx.weight.shape
     ungrouped = ctx.groups == 1
     stride1 = ctx.stride == (1, 1)
-    nhwc = ctx.algorithm == "im2col_nhwc"
+    nhwc = ctx.layout == "im2col_nhwc"
     if (forced in ("auto", "transposed") and ungrouped and stride1
             and transposed_pads(ctx.pads, (kh, kw), ctx.dilation) is not None
             and (forced == "transposed" or nhwc)):
@@ -201,7 +201,7 @@ def _input_grad(s, ctx, plain: bool) -> str:
         if forced == "polyphase" or (not stride1 and nhwc and overlap and f <= c):
             return "polyphase"
     if (ungrouped and stride1 and forced in ("auto", "banded") and not plain
-            and (forced == "banded" or ctx.algorithm in ("im2col", "im2col_blocked"))):
+            and (forced == "banded" or ctx.layout in ("im2col", "im2col_blocked"))):
         return "banded"
     return "col2im"
 
@@ -211,9 +211,9 @@ def _name(input_grad: str, ctx) -> str:
     "im2col_nhwc" after width-blocked columns, by channel count)."""
     if input_grad != "col2im":
         return input_grad
-    if ctx.algorithm == "im2col_blocked":  # col2im of unblocked columns, computed from dY and the plain weight
+    if ctx.layout == "im2col_blocked":  # col2im of unblocked columns, computed from dY and the plain weight
         return "im2col" if ctx.weight.shape[1] < CHANNELS_LAST_MIN else "im2col_nhwc"
-    return ctx.algorithm
+    return ctx.layout
 
 
 def backward_algorithm(ctx) -> str:
@@ -233,12 +233,12 @@ def plan_backward(xp, ctx, input_grad: bool) -> BackwardPlan:
     if ctx.cols is not None:
         parts = [(0, ctx.x.shape[0])]
     else:
-        values = column_values(ctx.algorithm, ctx.x.shape[1], (kh, kw), ctx.oh, ctx.ow, ctx.stride, ctx.dilation,
+        values = column_values(ctx.layout, ctx.x.shape[1], (kh, kw), ctx.oh, ctx.ow, ctx.stride, ctx.dilation,
                                ctx.block, ctx.pads)
         parts = shards(xp, ctx.x, values)
     return BackwardPlan(input_grad=algorithm if input_grad else None, name=_name(algorithm, ctx),
-                        tensordot=ctx.wk is None and ctx.algorithm == "im2col_nhwc",
-                        channels_last=ctx.algorithm == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN,
+                        tensordot=ctx.wk is None and ctx.layout == "im2col_nhwc",
+                        channels_last=ctx.layout == "im2col_nhwc" or cg >= CHANNELS_LAST_MIN,
                         separable=kh > 1 and kw > 1 and plain, flipped=plain, shards=parts)
 
 

@@ -33,9 +33,9 @@ def chunk_part(xp, cm, dym, dyg, dy_chunk, ctx, tensordot: bool):
     p = dym.shape[0] if dym is not None else 0
     if tensordot:
         return xp.tensordot(dy_chunk, cm, axes=((0, 2, 3), (0, 1, 2)))
-    if ctx.algorithm == "im2col_blocked":
+    if ctx.layout == "im2col_blocked":
         return long_matmul(xp, xp.matrix_transpose(cm), xp.reshape(dym, (p // ctx.block, ctx.block * f)))
-    if ctx.algorithm == "im2col_nhwc":
+    if ctx.layout == "im2col_nhwc":
         return long_matmul(xp, xp.matrix_transpose(cm), dym)
     if ctx.groups == 1:
         return long_matmul(xp, xp.reshape(cm, (cg * kh * kw, p)), dym)
@@ -59,7 +59,7 @@ def as_weight(xp, dwk, ctx, tensordot: bool):
     """The summed chunk gradients ordered as the weight ``(F, C/G, kh, kw)``."""
     f, cg, kh, kw = ctx.weight.shape
     g = ctx.groups
-    if ctx.algorithm == "im2col_blocked":
+    if ctx.layout == "im2col_blocked":
         dwk = _unblock(xp, dwk, ctx.weight.shape, ctx.block, ctx.stride, ctx.dilation)
     if tensordot:
         return xp.permute_dims(dwk, (0, 3, 1, 2))
