@@ -111,7 +111,8 @@ def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
     step = {(r["model"], r["framework"], r["ranks"]): r["step_ms"] for r in mpi["rows"]}
     ratios = [f"{model} {step[(model, 'xpcnn', n)] / step[(model, 'torch', n)]:.2f}x"
               for model, fw, n in step if fw == "xpcnn" and n > 1 and (model, "torch", n) in step]
-    return out + para("xpcnn's step on 2 ranks / DDP's on 2: " + ", ".join(ratios) + ".")
+    out += para("xpcnn's step on 2 ranks / DDP's on 2: " + ", ".join(ratios) + ".")
+    return out + (para(f["note"]) if f.get("note") else [])
 
 
 def layers_section(lay: dict, files: dict, machines: dict) -> list[str]:
