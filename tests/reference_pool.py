@@ -21,6 +21,17 @@ def pool_out(size, k, s, p, d=1, ceil_mode=False):
     return out
 
 
+def _first_max(plane, taps):
+    """``(value, flat index)`` of the first maximum of ``plane`` over ``taps`` (row, col), in their order; a NaN
+    wins (the last one), as PyTorch's kernels compare."""
+    best, where = -np.inf, None
+    for r, s in taps:
+        v = plane[r, s]
+        if where is None or v > best or np.isnan(v):
+            best, where = v, r * plane.shape[1] + s
+    return best, where
+
+
 def max_pool2d(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
     """``(y, indices)``: the first maximum over the window's taps inside the input (a NaN wins, the last one)."""
     x = np.asarray(x, np.float64)
@@ -33,16 +44,9 @@ def max_pool2d(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
         for ch in range(c):
             for r in range(oh):
                 for s in range(ow):
-                    best, where = -np.inf, None
-                    for p in range(kh):
-                        for q in range(kw):
-                            hh, ww = r * sh - ph + p * dh, s * sw - pw + q * dw
-                            if not (0 <= hh < h and 0 <= ww < w):
-                                continue
-                            v = x[i, ch, hh, ww]
-                            if where is None or v > best or np.isnan(v):
-                                best, where = v, hh * w + ww
-                    y[i, ch, r, s], idx[i, ch, r, s] = best, where
+                    taps = [(r * sh - ph + p * dh, s * sw - pw + q * dw) for p in range(kh) for q in range(kw)]
+                    y[i, ch, r, s], idx[i, ch, r, s] = _first_max(
+                        x[i, ch], [(hh, ww) for hh, ww in taps if 0 <= hh < h and 0 <= ww < w])
     return y, idx
 
 
@@ -112,13 +116,8 @@ def adaptive_max_pool2d(x, output_size):
         for b, (w0, w1) in enumerate(_bins(w, ow)):
             for i in range(n):
                 for ch in range(c):
-                    best, where = -np.inf, None
-                    for r in range(h0, h1):
-                        for s in range(w0, w1):
-                            v = x[i, ch, r, s]
-                            if where is None or v > best or np.isnan(v):
-                                best, where = v, r * w + s
-                    y[i, ch, a, b], idx[i, ch, a, b] = best, where
+                    y[i, ch, a, b], idx[i, ch, a, b] = _first_max(
+                        x[i, ch], [(r, s) for r in range(h0, h1) for s in range(w0, w1)])
     return y, idx
 
 
