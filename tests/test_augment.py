@@ -146,6 +146,7 @@ def test_train_command_augments_training_batches_only(tmp_path, capsys):
 
 def test_fit_interrupted_mid_epoch_resumes_exactly_through_a_checkpoint(tmp_path):
     """A small residual net on augmented batches: Ctrl-C in epoch 2, checkpoint, resume; the same weights."""
+    from test_fit import InterruptAt  # a Ctrl-C during the n-th loss call
     from xpcnn.training import TrainingInterrupted, fit
 
     d = xpcnn.load_digits()[0].subset(160)
@@ -158,23 +159,12 @@ def test_fit_interrupted_mid_epoch_resumes_exactly_through_a_checkpoint(tmp_path
         loader = DataLoader(d, 32, shuffle=True, seed=2, augment=Augment(1, True))
         return model, xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), loader
 
-    class InterruptAt(xpcnn.CrossEntropyLoss):
-        calls = 0
-
-        def forward(self, logits, labels):
-            InterruptAt.calls += 1
-            if InterruptAt.calls == 8:  # 5 steps an epoch: epoch 2, step 3
-                import os
-                import signal
-                os.kill(os.getpid(), signal.SIGINT)
-            return super().forward(logits, labels)
-
     model, opt, loader = setup()
     fit(model, opt, xpcnn.CrossEntropyLoss(), loader, epochs=3, progress=False)
     full = {k: xpcnn.to_numpy(v) for k, v in model.state_dict().items()}
     model, opt, loader = setup()
     with pytest.raises(TrainingInterrupted) as info:
-        fit(model, opt, InterruptAt(), loader, epochs=3, progress=False)
+        fit(model, opt, InterruptAt(8), loader, epochs=3, progress=False)  # 5 steps an epoch: epoch 2, step 3
     assert (info.value.epoch, info.value.step) == (2, 3)
     xpcnn.save_checkpoint(tmp_path / "c", model, opt, epoch=1, loader=loader)
     model, opt, loader = setup()

@@ -69,18 +69,29 @@ def test_resume_after_epoch_2_of_4_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(v, full[k], err_msg=k)
 
 
-class InterruptAt(xpcnn.CrossEntropyLoss):
-    """Sends this process a SIGINT (a Ctrl-C) during the given call."""
+class ActsAt(xpcnn.CrossEntropyLoss):
+    """A loss that does something (:meth:`act`) to the logits of its ``at``-th call."""
 
     def __init__(self, at):
         super().__init__()
         self.at, self.calls = at, 0
 
+    def act(self, logits):
+        return logits
+
     def forward(self, logits, labels):
         self.calls += 1
         if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
+            logits = self.act(logits)
         return super().forward(logits, labels)
+
+
+class InterruptAt(ActsAt):
+    """Sends this process a SIGINT (a Ctrl-C) during the given call."""
+
+    def act(self, logits):
+        os.kill(os.getpid(), signal.SIGINT)
+        return logits
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
@@ -100,16 +111,11 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(v, full[k], err_msg=k)
 
 
-class NaNAt(xpcnn.CrossEntropyLoss):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.calls = at, 0
+class NaNAt(ActsAt):
+    """Makes the given call's logits NaN."""
 
-    def forward(self, logits, labels):
-        self.calls += 1
-        if self.calls == self.at:
-            logits = logits * float("nan")
-        return super().forward(logits, labels)
+    def act(self, logits):
+        return logits * float("nan")
 
 
 @pytest.mark.parametrize("log_every", [1, 5])
