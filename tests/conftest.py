@@ -100,6 +100,15 @@ def scoped_settings(request):
         yield
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A checkpoint written by `xpcnn train` (digits, one short epoch), for tests that only read it."""
+    from xpcnn.cli import main
+    p = tmp_path_factory.mktemp("trained") / "run.ckpt"
+    assert main(["train", "--epochs", "1", "--limit", "40", "--quiet", "--threads", "1", "--checkpoint", str(p)]) == 0
+    return p
+
+
 @pytest.fixture
 def one_blas_thread():
     """Small GEMMs on a shared 2-core machine: one BLAS thread is fastest and steadiest (threadpoolctl, optional)."""

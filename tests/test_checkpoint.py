@@ -218,14 +218,6 @@ def test_overlapping_tensor_bytes_are_refused(tmp_path):
         Checkpoint(p)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A checkpoint written by `xpcnn train` (digits, one short epoch)."""
-    p = tmp_path_factory.mktemp("trained") / "run.ckpt"
-    assert main(["train", "--epochs", "1", "--limit", "40", "--quiet", "--threads", "1", "--checkpoint", str(p)]) == 0
-    return p
-
-
 @pytest.mark.parametrize("edit,key", [
     (lambda m: m.pop("normalizer"), "'normalizer'"),
     (lambda m: m["optimizer"].pop("steps"), "'optimizer.steps'"),
@@ -241,8 +233,8 @@ def trained(tmp_path_factory):
     (lambda m: m["loader"].update(current={"bit_generator": "PCG64"}), "'loader' is malformed"),
     (lambda m: m["loader"].update(epoch_start={"bit_generator": "PCG64", "state": []}), "'loader' is malformed"),
 ])
-def test_metadata_edited_by_hand_is_one_line(tmp_path, capsys, trained, edit, key):
-    p = rewrite(trained, tmp_path / "c.ckpt", edit_meta=edit)
+def test_metadata_edited_by_hand_is_one_line(tmp_path, capsys, trained_checkpoint, edit, key):
+    p = rewrite(trained_checkpoint, tmp_path / "c.ckpt", edit_meta=edit)
     np.save(tmp_path / "x.npy", np.zeros((8, 8)))
     for argv in (["predict", "--checkpoint", str(p), str(tmp_path / "x.npy")],
                  ["train", "--resume", str(p), "--epochs", "2", "--limit", "40", "--quiet"]):

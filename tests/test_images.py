@@ -180,22 +180,15 @@ def test_a_small_file_declaring_a_huge_image_is_refused_before_decoding(tmp_path
         read_image(p)
 
 
-@pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    p = tmp_path_factory.mktemp("ckpt") / "d.ckpt"
-    assert main(["train", "--epochs", "1", "--limit", "40", "--quiet", "--threads", "1", "--checkpoint", str(p)]) == 0
-    return p
-
-
-def test_predict_reads_a_jpeg_photo(tmp_path, capsys, digits_ckpt):
+def test_predict_reads_a_jpeg_photo(tmp_path, capsys, trained_checkpoint):
     photo = np.zeros((480, 640, 3), np.uint8)
     photo[100:380, 280:360] = 255  # a bright bar, like a "1"
     Image.fromarray(photo).save(tmp_path / "photo.jpg")
-    assert main(["predict", "--checkpoint", str(digits_ckpt), str(tmp_path / "photo.jpg")]) == 0
+    assert main(["predict", "--checkpoint", str(trained_checkpoint), str(tmp_path / "photo.jpg")]) == 0
     assert capsys.readouterr().out.startswith("class ")
 
 
-def test_predict_gives_one_line_for_bad_images_and_arrays(tmp_path, capsys, digits_ckpt):
+def test_predict_gives_one_line_for_bad_images_and_arrays(tmp_path, capsys, trained_checkpoint):
     inputs = {f"{name}.png": data for name, data in _bad_pngs(tmp_path).items()}
     arrays = {"complex.npy": np.zeros((8, 8), complex), "nan.npy": np.full((8, 8), np.nan),
               "inf.npy": np.full((1, 8, 8), np.inf), "empty.npy": np.zeros((0, 1, 8, 8)), "text.npy": np.array("abc"),
@@ -209,6 +202,6 @@ def test_predict_gives_one_line_for_bad_images_and_arrays(tmp_path, capsys, digi
     for name, data in inputs.items():
         (tmp_path / name).write_bytes(data)
     for name in [*inputs, *arrays, big.name]:
-        code = main(["predict", "--checkpoint", str(digits_ckpt), str(tmp_path / name)])
+        code = main(["predict", "--checkpoint", str(trained_checkpoint), str(tmp_path / name)])
         out, err = capsys.readouterr()
         assert code == 2 and out == "" and err.count("\n") == 1 and f"{name}: " in err, (name, err)
