@@ -189,7 +189,8 @@ def set_conv_algorithm(name: str | None) -> None:
 
 def get_conv_algorithm() -> str:
     """The :func:`set_conv_algorithm` name of the settings in force, or "LAYOUT+INPUT_GRAD" where none fits."""
-    pair = (settings().conv_layout, settings().conv_input_grad)
+    s = settings()
+    pair = (s.conv_layout, s.conv_input_grad)
     return next((k for k, v in _CONV_ALGORITHMS.items() if v == pair), "+".join(pair))
 
 
@@ -218,7 +219,7 @@ def set_plan(name: str | None) -> None:
     any backend: whole-batch chunks under the GPU workspace limit, the plain im2col convolution, no NumPy
     kernels, no worker threads, no host checks in the step) or ``"cpu"``. The environment variable
     ``XPCNN_PLAN`` sets it at import; ``None`` restores "auto"."""
-    _set(plan=_choice(name, PLANS, "plan"))
+    _set(plan=name)
 
 
 def get_plan() -> str:
