@@ -75,6 +75,35 @@ def test_one_process_hooks_are_no_ops():
     assert not comm.any(False) and comm.any(True)
 
 
+
+class _TwinRanks(distributed.Communicator):
+    """Two ranks holding the same values, without MPI: the all-reduce sums a buffer with its copy."""
+    size = 2
+
+    def __init__(self):
+        self.reduced = []
+
+    def allreduce_(self, buf):
+        self.reduced.append(buf)
+        buf *= 2
+        return buf
+
+
+def test_allreduce_flat_reduces_one_flat_buffer_in_place_and_several_arrays_through_one_buffer():
+    comm, rng = _TwinRanks(), np.random.default_rng(0)
+    flat = rng.standard_normal(10)
+    expected = 2 * (0.25 * flat)
+    comm.allreduce_flat([flat], 0.25)  # a flat optimizer's gradients: reduced where they lie
+    np.testing.assert_array_equal(flat, expected)
+    assert len(comm.reduced) == 1 and np.shares_memory(comm.reduced[0], flat)
+    grid = rng.standard_normal((4, 6))
+    parts = [rng.standard_normal((2, 3)), grid[:, ::2], rng.standard_normal(5)]  # one of them strided
+    expected = [2 * (0.5 * p) for p in parts]
+    comm.allreduce_flat(parts, 0.5)
+    for p, e in zip(parts, expected):
+        np.testing.assert_array_equal(p, e)
+    assert len(comm.reduced) == 2 and comm.reduced[1].size == sum(p.size for p in parts)
+
 @needs_mpi
 def test_two_and_three_ranks_train_as_one_process_and_reruns_are_bit_identical(tmp_path):
     """LeNet (SGD, Nesterov, weight decay) and a batch-norm + dropout model (Adam), 10 steps, float64, unequal

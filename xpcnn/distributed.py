@@ -57,6 +57,12 @@ class Communicator:
         would override this to reduce on the device."""
         if self.size == 1 and weight == 1.0:
             return
+        if len(arrays) == 1 and isinstance(arrays[0], np.ndarray) and arrays[0].flags.c_contiguous:
+            whole = arrays[0].reshape(-1)  # one host buffer already (a flat optimizer's): reduce it where it is
+            if weight != 1.0:
+                np.multiply(whole, weight, out=whole)
+            self.allreduce_(whole)
+            return
         hosts = [as_numpy(a).reshape(-1) for a in arrays]
         key = (sum(h.size for h in hosts), hosts[0].dtype)
         if getattr(self, "_flat_key", None) != key:  # one buffer, kept between steps
