@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -234,5 +235,11 @@ def gpu_plan(a=None) -> bool:
         return plan == "gpu"
     if a is None:
         return False
+    backend_class, on_gpu = _gpu_tests()
+    return a.is_gpu if isinstance(a, backend_class) else on_gpu(a)
+
+
+@functools.cache  # imported at the first use: the backends import this module
+def _gpu_tests():
     from .backend import Backend, on_gpu
-    return a.is_gpu if isinstance(a, Backend) else on_gpu(a)
+    return Backend, on_gpu

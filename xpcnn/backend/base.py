@@ -24,6 +24,7 @@ import importlib
 from typing import Any, ClassVar
 
 import numpy as np
+from array_api_compat import array_namespace, device
 
 from ..errors import InputError, InputTypeError, InputValueError
 from . import registry
@@ -116,8 +117,6 @@ class Backend:
 
     def owns(self, a: Any) -> bool:
         """True when ``a`` is an array of this backend on this device."""
-        from array_api_compat import array_namespace, device
-
         try:
             xp = array_namespace(a)
         except TypeError:

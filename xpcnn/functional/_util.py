@@ -20,7 +20,7 @@ def pair(value: Any, name: str = "value") -> tuple[int, int]:
 
 def is_int(value: Any) -> bool:
     """Python and NumPy integers, not bools (``bool`` is an int subclass; NumPy's bool is no ``numbers.Integral``)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
 def conv_padding(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int],

@@ -7,6 +7,7 @@ turns them all off.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from array_api_compat import is_numpy_namespace
@@ -14,6 +15,7 @@ from array_api_compat import is_numpy_namespace
 from .. import config
 
 
+@functools.cache  # imported at the first use (numpy_kernels imports functional, which imports this)
 def _numpy_kernels() -> dict[str, Callable[..., Any]]:
     from . import numpy_kernels
     return numpy_kernels.KERNELS
