@@ -1,15 +1,20 @@
 """Data-parallel training step: xpcnn on 1 and N MPI ranks beside PyTorch (1 process, and DDP with gloo on N).
 
     python benchmarks/bench_mpi.py                                   # lenet + vgg-small, global batch 128, 2 ranks
-    python benchmarks/bench_mpi.py --models lenet --ranks 2 --rounds 5 --reps 30
+    python benchmarks/bench_mpi.py --models lenet --ranks 2 --rounds 5 --reps 30 --interleave 10
 
 A step is forward, CrossEntropyLoss, backward and SGD(momentum=0.9), float32, one BLAS thread per process, on the
 same weights and random data. The global batch is split as ``xpcnn.distributed`` splits it (contiguous shards);
 on N ranks each step includes the gradient allreduce (one flat buffer, ``DistributedOptimizer``) and, in vgg-small,
 batch norm's synchronised statistics; the allreduce is also timed on its own ("allreduce_ms", rank 0, after a
 barrier: the wait for the slower rank's backward is "wait_ms"). Every rank waits at a barrier before each step
-and the step time is rank 0's. Each configuration runs in fresh processes;
-the configurations alternate for ``--rounds`` rounds and we report the median of the per-round medians.
+and the step time is rank 0's. Each configuration runs in fresh processes; the configurations alternate for
+``--rounds`` rounds and we report the median of the per-round medians.
+
+``--interleave ROUNDS`` then splits what xpcnn's speed-up loses, in one job whose configurations alternate every
+``--interleave-reps`` steps (:func:`interleaved_child`), so that the speed-ups are per-round ratios of steps
+seconds apart, not minutes: the per-step cost that does not shrink with the batch ("shard"), what busy cores cost
+each other ("independent"), what waiting for the slower rank costs ("lockstep"), and the communication ("ranks").
 """
 from __future__ import annotations
 
@@ -71,6 +76,68 @@ def xpcnn_child(name: str, reps: int) -> None:
         print(json.dumps({"step": steps, "allreduce": reduces, "wait": waits}))
 
 
+INTERLEAVED = ("one", "shard", "independent", "lockstep", "ranks")
+
+
+def interleaved_child(name: str, reps: int, rounds: int) -> None:
+    """xpcnn's configurations in ONE job of N ranks, alternating in blocks of ``reps`` steps for ``rounds``
+    rounds (plus one of warm-up), so that each round compares them under the same machine state (this VM's speed
+    drifts by tens of percent within seconds): "one" rank 0 trains the global batch alone while the other ranks
+    sleep; "shard" rank 0 trains its shard alone; "independent" every rank trains its shard, no communication;
+    "lockstep" the same between two barriers (the step ends when the slower rank is done: synchronous training
+    without its communication); "ranks" the data-parallel step (barrier before each step, allreduce). Rank 0
+    prints per-round medians."""
+    import xpcnn
+    from xpcnn import distributed, malloc
+    comm = distributed.world()
+    malloc.keep_freed_memory()
+    a, b = distributed.shard_range(GLOBAL_BATCH, comm.rank, comm.size)
+
+    def trainer(rows: slice, ranks=None, lockstep: bool = False):
+        model, _, (x, labels) = _data(name)
+        x, labels = x[rows], labels[rows]
+        opt = distributed.DistributedOptimizer(xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                                               ranks or distributed.Communicator())
+        shard = distributed.Shard(a, b, GLOBAL_BATCH, ranks) if ranks else None
+        loss_fn = xpcnn.CrossEntropyLoss()
+
+        def step() -> float:
+            if ranks or lockstep:
+                comm.barrier()
+            t0 = time.perf_counter()
+            with distributed.sharded_batch(shard):
+                opt.zero_grad()
+                loss_fn(model(x), labels)
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+            if lockstep:
+                comm.barrier()
+            return time.perf_counter() - t0
+        return step
+
+    def alone(step) -> list:  # rank 0 steps; the others sleep at a barrier (no busy polling) until it is done
+        times = [step() for _ in range(reps)] if comm.rank == 0 else []
+        req = comm.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(1e-3)
+        return times
+
+    full = trainer(slice(None)) if comm.rank == 0 else None
+    own, together, ranks = trainer(slice(a, b)), trainer(slice(a, b), lockstep=True), trainer(slice(a, b), comm)
+    blocks = {"one": lambda: alone(full), "shard": lambda: alone(own),
+              "independent": lambda: [own() for _ in range(reps)],
+              "lockstep": lambda: [together() for _ in range(reps)], "ranks": lambda: [ranks() for _ in range(reps)]}
+    out = {k: [] for k in INTERLEAVED}
+    for r in range(rounds + 1):
+        for k in INTERLEAVED:
+            times = blocks[k]()
+            comm.barrier()
+            if r and comm.rank == 0:
+                out[k].append(statistics.median(times))
+    if comm.rank == 0:
+        print(json.dumps(out))
+
+
 def torch_child(name: str, reps: int, rank: int, size: int) -> None:
     """PyTorch on this process's shard, DistributedDataParallel (gloo) when ``size > 1``; rank 0 prints JSON."""
     import torch
@@ -109,9 +176,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _child_env() -> dict:
+    """One BLAS (and OpenMP) thread in every process."""
+    return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
 def run_config(kind: str, name: str, ranks: int, reps: int) -> dict:
     """Run one configuration in fresh processes; rank 0's step times."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = _child_env()
     me = [sys.executable, __file__]
     if kind == "xpcnn":
         from xpcnn.distributed import find_mpiexec
@@ -137,12 +209,19 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--xpcnn-child", metavar="MODEL", help=argparse.SUPPRESS)
     ap.add_argument("--torch-child", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--interleaved-child", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="also run xpcnn's configurations interleaved in one job for ROUNDS rounds (see the docstring)")
+    ap.add_argument("--interleave-reps", type=int, default=0, metavar="STEPS",
+                    help="steps per configuration and round of --interleave (default: --reps)")
     ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
     if a.xpcnn_child:
         return xpcnn_child(a.xpcnn_child, a.reps)
+    if a.interleaved_child:
+        return interleaved_child(a.interleaved_child, a.reps, a.rounds)
     if a.torch_child:
         return torch_child(a.torch_child, a.reps, a.rank, a.size)
     configs = [("xpcnn", 1), ("xpcnn", a.ranks)]
@@ -178,9 +257,33 @@ def main(argv=None) -> None:
         if ("torch", a.ranks) in base:
             print(f"# {name}: xpcnn {a.ranks} ranks / torch DDP {a.ranks}: "
                   f"{base[('xpcnn', a.ranks)] / base[('torch', a.ranks)]:.2f}x the time", flush=True)
+    interleaved = [run_interleaved(name, a.ranks, a.interleave_reps or a.reps, a.interleave)
+                   for name in a.models.split(",") if a.interleave]
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"rows": rows, "nproc": os.cpu_count(), "argv": sys.argv}, f, indent=1)
+            json.dump({"rows": rows, "interleaved": interleaved, "nproc": os.cpu_count(), "argv": sys.argv}, f,
+                      indent=1)
+
+
+def run_interleaved(name: str, ranks: int, reps: int, rounds: int) -> dict:
+    """One job of :func:`interleaved_child`; each configuration's median step and the median over the rounds of
+    its speed-up on "one" (both measured in the same round)."""
+    from xpcnn.distributed import find_mpiexec
+    env = _child_env()
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, __file__, "--interleaved-child", name, "--reps",
+           str(reps), "--rounds", str(rounds)]
+    per = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.splitlines()[-1])
+    out = {"model": name, "ranks": ranks, "reps": reps, "rounds": rounds, "configs": {}}
+    for k in INTERLEAVED:
+        ratios = [one / t for one, t in zip(per["one"], per[k])]
+        out["configs"][k] = {"step_ms": 1e3 * statistics.median(per[k]),
+                             "rounds_ms": [round(1e3 * t, 2) for t in per[k]],
+                             "speedup_vs_one": statistics.median(ratios),
+                             "speedups": [round(x, 3) for x in ratios]}
+        c = out["configs"][k]
+        print(f"# {name} interleaved, {k:>11}: {c['step_ms']:8.2f} ms, speed-up on one process "
+              f"{c['speedup_vs_one']:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+    return out
 
 
 if __name__ == "__main__":
