@@ -80,38 +80,65 @@ def bench_cpu_section(bench: dict, files: dict) -> list[str]:
             k[1] += row["forward_ms"]
             k[2] += row["backward_ms"]
             k[3] += row["share"]
+        ranked = sorted(kinds.items(), key=lambda kv: -kv[1][3])
+        small = [kind for kind, k in ranked if k[3] < MINOR_SHARE]
         out += para(f"Where a step's time goes ({lay['backend']}, {lay['model']}, batch {lay['batch_size']}, "
-                    f"{lay['dtype']}; each layer timed in place, summed by kind):")
+                    f"{lay['dtype']}; each layer timed in place, summed by kind; under {100 * MINOR_SHARE:.0f}% each: "
+                    + ", ".join(f"{kind} {100 * kinds[kind][3]:.1f}%" for kind in small) + "):")
         out += table(["layer kind", "layers", "forward ms", "backward ms", "share of the step"],
                      [[kind, str(k[0]), num(k[1]), num(k[2]), f"{100 * k[3]:.1f}%"]
-                      for kind, k in sorted(kinds.items(), key=lambda kv: -kv[1][3])])
+                      for kind, k in ranked if kind not in small])
     return out + para("Not run: " + "; ".join(f"{s['what']} ({s['reason'].split(':')[0]})"
                                                for s in bench["skipped"]) + ".")
 
 
+MINOR_SHARE = 0.01  # layer kinds with less of the step are named in a line, not given a row
+
+
+MPI_CONFIGS = {  # what each interleaved configuration of bench_mpi.py is, for the page
+    "shard": "rank 0 alone on its shard",
+    "independent": "both ranks at once, no communication",
+    "lockstep": "the same between two barriers",
+}
+MPI_HEADS = {"ranks": "2 ranks"}
+
+
 def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
     f = files["bench_mpi_2core.json"]
-    machine = f"{machines[f['machine']]}; {f['machine_extra']} (the file itself records nproc = {mpi['nproc']})"
+    machine = f"{machines[f['machine']]}; {f['machine_extra']}; the file records nproc = {mpi['nproc']}"
     argv = list(mpi["argv"])
     if "--json" in argv:  # where that run wrote its file, not how it ran
         del argv[argv.index("--json"):argv.index("--json") + 2]
     out = ["## Data-parallel training (MPI ranks) against PyTorch DDP", ""]
     out += provenance("bench_mpi_2core.json", f["recorded"], machine, f["source"])
-    out += para(f"`python {' '.join(argv)}`: global batch 128, float32, one BLAS thread per process; medians of "
-                "the per-round medians. \"allreduce\" is the gradient allreduce alone on rank 0 after a barrier, "
-                "\"wait\" that barrier (the slower rank's backward); PyTorch on 2 ranks is DDP over gloo.")
-    rows = []
-    for r in mpi["rows"]:
-        reduce = f"{num(r['allreduce_ms'])} ({100 * r['allreduce_share']:.1f}%)" if "allreduce_ms" in r else ""
-        rows.append([r["model"], r["framework"], str(r["ranks"]), num(r["step_ms"]),
-                     ", ".join(num(x) for x in r["rounds_ms"]), f"{r['speedup_vs_1']:.2f}x", reduce,
-                     num(r["wait_ms"]) if "wait_ms" in r else ""])
-    out += table(["model", "framework", "ranks", "step ms", "rounds ms", "speed-up", "allreduce ms (share)",
-                  "wait ms"], rows)
     step = {(r["model"], r["framework"], r["ranks"]): r["step_ms"] for r in mpi["rows"]}
     ratios = [f"{model} {step[(model, 'xpcnn', n)] / step[(model, 'torch', n)]:.2f}x"
               for model, fw, n in step if fw == "xpcnn" and n > 1 and (model, "torch", n) in step]
-    out += para("xpcnn's step on 2 ranks / DDP's on 2: " + ", ".join(ratios) + ".")
+    out += para(f"`python {' '.join(argv)}`: global batch 128, float32, one BLAS thread per process, fresh "
+                "processes, medians of the rounds' medians. \"allreduce\": the gradient allreduce alone on rank 0 "
+                "after a barrier, \"wait\": that barrier; PyTorch's 2 ranks: DDP (gloo). On 2 ranks, xpcnn's step / "
+                "DDP's: " + ", ".join(ratios) + ".")
+    torch = {(r["model"], r["ranks"]): r for r in mpi["rows"] if r["framework"] == "torch"}
+    rows = []
+    for r in (r for r in mpi["rows"] if r["framework"] == "xpcnn"):
+        reduce = f"{num(r['allreduce_ms'])} ({100 * r['allreduce_share']:.1f}%)" if "allreduce_ms" in r else ""
+        t = torch.get((r["model"], r["ranks"]))
+        rows.append([r["model"], str(r["ranks"]), num(r["step_ms"]), ", ".join(num(x) for x in r["rounds_ms"]),
+                     f"{r['speedup_vs_1']:.2f}x", reduce, num(r["wait_ms"]) if "wait_ms" in r else "",
+                     num(t["step_ms"]) if t else "", f"{t['speedup_vs_1']:.2f}x" if t else ""])
+    out += table(["model", "ranks", "xpcnn step ms", "rounds ms", "speed-up", "allreduce ms (share)", "wait ms",
+                  "PyTorch step ms", "speed-up"], rows)
+    if mpi.get("interleaved"):
+        first = mpi["interleaved"][0]
+        kinds = [k for k in first["configs"] if k != "one"]
+        out += para(f"In one job (`--interleave {first['rounds']} --interleave-reps {first['reps']}`), alternating "
+                    f"every {first['reps']} steps: \"one\" rank 0 alone on the global batch; " +
+                    "; ".join(f"\"{k}\" {v}" for k, v in MPI_CONFIGS.items()) +
+                    "; \"2 ranks\" data-parallel. Speed-up: the rounds' median (range).")
+        out += table(["model", "one ms"] + [MPI_HEADS.get(k, k) for k in kinds],
+                     [[run["model"], num(run["configs"]["one"]["step_ms"])]
+                      + [f"{c['speedup_vs_one']:.2f}x ({min(c['speedups']):.2f}-{max(c['speedups']):.2f})"
+                         for c in (run["configs"][k] for k in kinds)] for run in mpi["interleaved"]])
     return out + (para(f["note"]) if f.get("note") else [])
 
 
