@@ -41,6 +41,13 @@ def _data(name: str):
     return make_xpcnn(name, GLOBAL_BATCH)  # model, (unused) step, host data of the global batch
 
 
+def _gradients(model, loss_fn, opt, x, labels) -> None:
+    """The step up to the update: zero the gradients, forward, loss, backward (no input gradient)."""
+    opt.zero_grad()
+    loss_fn(model(x), labels)
+    model.backward(loss_fn.backward(), input_grad=False)
+
+
 def xpcnn_child(name: str, reps: int) -> None:
     """One rank (or the only process): time ``reps`` steps on this rank's shard; rank 0 prints JSON."""
     import xpcnn
@@ -58,9 +65,7 @@ def xpcnn_child(name: str, reps: int) -> None:
         comm.barrier()
         t0 = time.perf_counter()
         with distributed.sharded_batch(shard):
-            opt.zero_grad()
-            loss_fn(model(x), labels)
-            model.backward(loss_fn.backward(), input_grad=False)
+            _gradients(model, loss_fn, opt, x, labels)
             t1 = time.perf_counter()
             comm.barrier()  # the wait for the slower rank is not the allreduce's cost (timed apart: "wait_ms")
             t15 = time.perf_counter()
@@ -106,9 +111,7 @@ def interleaved_child(name: str, reps: int, rounds: int) -> None:
                 comm.barrier()
             t0 = time.perf_counter()
             with distributed.sharded_batch(shard):
-                opt.zero_grad()
-                loss_fn(model(x), labels)
-                model.backward(loss_fn.backward(), input_grad=False)
+                _gradients(model, loss_fn, opt, x, labels)
                 opt.step()
             if lockstep:
                 comm.barrier()

@@ -253,6 +253,18 @@ def test_a_nan_loss_stops_every_rank_at_the_same_step(tmp_path):
     assert len(re.findall(r"error: loss is (nan|inf)", r.stderr)) == 1, r.stderr  # said once, by rank 0
 
 
+@needs_mpi
+def test_the_interleaved_benchmark_times_every_configuration_in_one_job():
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import bench_mpi
+    run = bench_mpi.run_interleaved("digits-cnn", 2, reps=2, rounds=2)
+    assert list(run["configs"]) == list(bench_mpi.INTERLEAVED)
+    for name, c in run["configs"].items():  # each round's speed-up is one / it, measured in that round
+        assert len(c["rounds_ms"]) == len(c["speedups"]) == 2 and min(c["rounds_ms"]) > 0, name
+        assert min(c["speedups"]) <= c["speedup_vs_one"] <= max(c["speedups"]) and min(c["speedups"]) > 0, name
+    assert run["configs"]["one"]["speedups"] == [1.0, 1.0]
+
+
 def test_workers_without_mpi_is_one_clear_line(monkeypatch, capsys):
     monkeypatch.setattr(distributed, "find_mpiexec", lambda: (_ for _ in ()).throw(
         distributed.MPIUnavailable("no mpiexec next to this Python or on PATH")))
