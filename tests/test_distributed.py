@@ -242,7 +242,9 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_intact(tmp_pat
     start = time.monotonic()
     out, err = proc.communicate(timeout=30)  # ends within 30 s, never hangs
     assert time.monotonic() - start < 30 and proc.returncode != 0
-    assert re.search(r"BAD TERMINATION|killed|signal 9", out + err, re.I), (out, err)  # mpiexec says so
+    # who says so is a race: mpiexec ("BAD TERMINATION ... KILLED BY SIGNAL: 9"), or the surviving rank, whose
+    # collective with the dead one fails first ("Abort ... Fatal error in internal_Allreduce_c ...")
+    assert re.search(r"BAD TERMINATION|killed|signal 9|Fatal error in \w+", out + err, re.I), (out, err)
     assert Checkpoint(ckpt).epoch >= 1  # intact and loadable
 
 
