@@ -90,7 +90,9 @@ def interleaved_child(name: str, reps: int, rounds: int) -> None:
     drifts by tens of percent within seconds): "one" rank 0 trains the global batch alone while the other ranks
     sleep; "shard" rank 0 trains its shard alone; "independent" every rank trains its shard, no communication;
     "lockstep" the same between two barriers (the step ends when the slower rank is done: synchronous training
-    without its communication); "ranks" the data-parallel step (barrier before each step, allreduce). Rank 0
+    without its communication); "ranks" the data-parallel step (barrier before each step, allreduce). The order
+    rotates every round, so that no configuration always follows the same one. In lockstep each rank also times its
+    own work (before the closing barrier): ``own_ms``, every rank's per-step times, tell the ranks' jitter. Rank 0
     prints per-round medians."""
     import xpcnn
     from xpcnn import distributed, malloc
@@ -114,9 +116,12 @@ def interleaved_child(name: str, reps: int, rounds: int) -> None:
                 _gradients(model, loss_fn, opt, x, labels)
                 opt.step()
             if lockstep:
+                own_times.append(time.perf_counter() - t0)
                 comm.barrier()
             return time.perf_counter() - t0
         return step
+
+    own_times: list[float] = []  # this rank's work in each lockstep step
 
     def alone(step) -> list:  # rank 0 steps; the others sleep at a barrier (no busy polling) until it is done
         times = [step() for _ in range(reps)] if comm.rank == 0 else []
@@ -130,14 +135,18 @@ def interleaved_child(name: str, reps: int, rounds: int) -> None:
     blocks = {"one": lambda: alone(full), "shard": lambda: alone(own),
               "independent": lambda: [own() for _ in range(reps)],
               "lockstep": lambda: [together() for _ in range(reps)], "ranks": lambda: [ranks() for _ in range(reps)]}
-    out = {k: [] for k in INTERLEAVED}
+    out: dict = {k: [] for k in INTERLEAVED}
     for r in range(rounds + 1):
-        for k in INTERLEAVED:
+        if r == 1:
+            own_times.clear()  # round 0 is warm-up
+        for k in INTERLEAVED[r % len(INTERLEAVED):] + INTERLEAVED[:r % len(INTERLEAVED)]:
             times = blocks[k]()
             comm.barrier()
             if r and comm.rank == 0:
                 out[k].append(statistics.median(times))
+    every = comm.comm.gather(own_times, root=0)
     if comm.rank == 0:
+        out["own_ms"] = [[round(1e3 * t, 3) for t in rank_times] for rank_times in every]
         print(json.dumps(out))
 
 
@@ -209,7 +218,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="lenet,vgg-small")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of fresh processes (0: none)")
     ap.add_argument("--xpcnn-child", metavar="MODEL", help=argparse.SUPPRESS)
     ap.add_argument("--torch-child", metavar="MODEL", help=argparse.SUPPRESS)
     ap.add_argument("--interleaved-child", metavar="MODEL", help=argparse.SUPPRESS)
@@ -233,7 +242,7 @@ def main(argv=None) -> None:
     print(f"# nproc {os.cpu_count()}, global batch {GLOBAL_BATCH}, reps {a.reps}, rounds {a.rounds}, "
           f"1 BLAS thread per process; medians of per-round medians (ms)", flush=True)
     rows = []
-    for name in a.models.split(","):
+    for name in a.models.split(",") if a.rounds else []:  # --rounds 0: only the interleaved job
         assert name in MODEL_INPUTS, name
         per = {c: {"step": [], "allreduce": [], "wait": []} for c in configs}
         for _ in range(a.rounds):
@@ -268,6 +277,15 @@ def main(argv=None) -> None:
                       indent=1)
 
 
+def jitter(per: dict) -> dict:
+    """The ranks' own lockstep times, step by step: each rank's median, and the mean over the steps of the slowest
+    rank minus the ranks' mean (what a synchronous step waits) and of the spread between fastest and slowest."""
+    steps = list(zip(*per["own_ms"]))
+    return {"own_median_ms": [statistics.median(t) for t in per["own_ms"]],
+            "wait_ms": statistics.fmean(max(s) - statistics.fmean(s) for s in steps),
+            "spread_ms": statistics.fmean(max(s) - min(s) for s in steps)}
+
+
 def run_interleaved(name: str, ranks: int, reps: int, rounds: int) -> dict:
     """One job of :func:`interleaved_child`; each configuration's median step and the median over the rounds of
     its speed-up on "one" (both measured in the same round)."""
@@ -275,8 +293,11 @@ def run_interleaved(name: str, ranks: int, reps: int, rounds: int) -> dict:
     env = _child_env()
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, __file__, "--interleaved-child", name, "--reps",
            str(reps), "--rounds", str(rounds)]
-    per = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.splitlines()[-1])
-    out = {"model": name, "ranks": ranks, "reps": reps, "rounds": rounds, "configs": {}}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the interleaved job failed ({done.returncode}):\n{done.stderr}")
+    per = json.loads(done.stdout.splitlines()[-1])
+    out = {"model": name, "ranks": ranks, "reps": reps, "rounds": rounds, "configs": {}, "lockstep_ranks": jitter(per)}
     for k in INTERLEAVED:
         ratios = [one / t for one, t in zip(per["one"], per[k])]
         out["configs"][k] = {"step_ms": 1e3 * statistics.median(per[k]),

@@ -244,7 +244,8 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_intact(tmp_pat
     assert time.monotonic() - start < 30 and proc.returncode != 0
     # who says so is a race: mpiexec ("BAD TERMINATION ... KILLED BY SIGNAL: 9"), or the surviving rank, whose
     # collective with the dead one fails first ("Abort ... Fatal error in internal_Allreduce_c ...")
-    assert re.search(r"BAD TERMINATION|killed|signal 9|Fatal error in \w+", out + err, re.I), (out, err)
+    said = r"BAD TERMINATION|killed|signal 9|Fatal error in \w*(Allreduce|Barrier)"
+    assert re.search(said, out + err, re.I), (out, err)
     assert Checkpoint(ckpt).epoch >= 1  # intact and loadable
 
 
@@ -263,8 +264,11 @@ def test_the_interleaved_benchmark_times_every_configuration_in_one_job():
     assert list(run["configs"]) == list(bench_mpi.INTERLEAVED)
     for name, c in run["configs"].items():  # each round's speed-up is one / it, measured in that round
         assert len(c["rounds_ms"]) == len(c["speedups"]) == 2 and min(c["rounds_ms"]) > 0, name
-        assert min(c["speedups"]) <= c["speedup_vs_one"] <= max(c["speedups"]) and min(c["speedups"]) > 0, name
+        assert min(c["speedups"]) - 5e-4 <= c["speedup_vs_one"] <= max(c["speedups"]) + 5e-4, name  # 3 decimals
+        assert min(c["speedups"]) > 0, name
     assert run["configs"]["one"]["speedups"] == [1.0, 1.0]
+    jitter = run["lockstep_ranks"]  # both ranks' own times: the slowest waits nothing, the spread is at least that
+    assert len(jitter["own_median_ms"]) == 2 and 0 <= jitter["wait_ms"] <= jitter["spread_ms"]
 
 
 def test_workers_without_mpi_is_one_clear_line(monkeypatch, capsys):
