@@ -100,16 +100,16 @@ def interleaved_child(name: str, reps: int, rounds: int) -> None:
     malloc.keep_freed_memory()
     a, b = distributed.shard_range(GLOBAL_BATCH, comm.rank, comm.size)
 
-    def trainer(rows: slice, ranks=None, lockstep: bool = False):
+    def trainer(rows: slice, over=None, lockstep: bool = False):  # over: the communicator of a data-parallel step
         model, _, (x, labels) = _data(name)
         x, labels = x[rows], labels[rows]
         opt = distributed.DistributedOptimizer(xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
-                                               ranks or distributed.Communicator())
-        shard = distributed.Shard(a, b, GLOBAL_BATCH, ranks) if ranks else None
+                                               over or distributed.Communicator())
+        shard = distributed.Shard(a, b, GLOBAL_BATCH, over) if over else None
         loss_fn = xpcnn.CrossEntropyLoss()
 
         def step() -> float:
-            if ranks or lockstep:
+            if over or lockstep:
                 comm.barrier()
             t0 = time.perf_counter()
             with distributed.sharded_batch(shard):

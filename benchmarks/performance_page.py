@@ -24,6 +24,7 @@ PAGE = HERE.parent / "docs" / "performance.md"
 DIARY = "../benchmarks/history/2026-12-02-results-diary.md"
 MAX_LINES = 200
 WIDTH = 116  # prose lines; tables stay one row a line
+MINOR_SHARE = 0.01  # layer kinds with less of a step are named in a line, not given a row
 
 
 def load(name: str) -> dict:
@@ -92,15 +93,11 @@ def bench_cpu_section(bench: dict, files: dict) -> list[str]:
                                                for s in bench["skipped"]) + ".")
 
 
-MINOR_SHARE = 0.01  # layer kinds with less of the step are named in a line, not given a row
-
-
 MPI_CONFIGS = {  # what each interleaved configuration of bench_mpi.py is, for the page
     "shard": "rank 0 alone on its shard",
     "independent": "both ranks at once, no communication",
     "lockstep": "the same between two barriers",
 }
-MPI_HEADS = {"ranks": "2 ranks"}
 
 
 def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
@@ -111,16 +108,16 @@ def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
         del argv[argv.index("--json"):argv.index("--json") + 2]
     out = ["## Data-parallel training (MPI ranks) against PyTorch DDP", ""]
     out += provenance("bench_mpi_2core.json", f["recorded"], machine, f["source"])
-    step = {(r["model"], r["framework"], r["ranks"]): r["step_ms"] for r in mpi["rows"]}
-    ratios = [f"{model} {step[(model, 'xpcnn', n)] / step[(model, 'torch', n)]:.2f}x"
-              for model, fw, n in step if fw == "xpcnn" and n > 1 and (model, "torch", n) in step]
+    torch = {(r["model"], r["ranks"]): r for r in mpi["rows"] if r["framework"] == "torch"}
+    xpcnn = [r for r in mpi["rows"] if r["framework"] == "xpcnn"]
+    ratios = [f"{r['model']} {r['step_ms'] / torch[(r['model'], r['ranks'])]['step_ms']:.2f}x"
+              for r in xpcnn if r["ranks"] > 1 and (r["model"], r["ranks"]) in torch]
     out += para(f"`python {' '.join(argv)}`: global batch 128, float32, one BLAS thread per process, fresh "
                 "processes, medians of the rounds' medians. \"allreduce\": the gradient allreduce alone on rank 0 "
                 "after a barrier, \"wait\": that barrier; PyTorch's 2 ranks: DDP (gloo). On 2 ranks, xpcnn's step / "
                 "DDP's: " + ", ".join(ratios) + ".")
-    torch = {(r["model"], r["ranks"]): r for r in mpi["rows"] if r["framework"] == "torch"}
     rows = []
-    for r in (r for r in mpi["rows"] if r["framework"] == "xpcnn"):
+    for r in xpcnn:
         reduce = f"{num(r['allreduce_ms'])} ({100 * r['allreduce_share']:.1f}%)" if "allreduce_ms" in r else ""
         t = torch.get((r["model"], r["ranks"]))
         rows.append([r["model"], str(r["ranks"]), num(r["step_ms"]), ", ".join(num(x) for x in r["rounds_ms"]),
@@ -135,7 +132,7 @@ def mpi_section(mpi: dict, files: dict, machines: dict) -> list[str]:
                     f"every {first['reps']} steps: \"one\" rank 0 alone on the global batch; " +
                     "; ".join(f"\"{k}\" {v}" for k, v in MPI_CONFIGS.items()) +
                     "; \"2 ranks\" data-parallel. Speed-up: the rounds' median (range).")
-        out += table(["model", "one ms"] + [MPI_HEADS.get(k, k) for k in kinds],
+        out += table(["model", "one ms"] + ["2 ranks" if k == "ranks" else k for k in kinds],
                      [[run["model"], num(run["configs"]["one"]["step_ms"])]
                       + [f"{c['speedup_vs_one']:.2f}x ({min(c['speedups']):.2f}-{max(c['speedups']):.2f})"
                          for c in (run["configs"][k] for k in kinds)] for run in mpi["interleaved"]])

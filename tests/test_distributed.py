@@ -75,7 +75,6 @@ def test_one_process_hooks_are_no_ops():
     assert not comm.any(False) and comm.any(True)
 
 
-
 class _TwinRanks(distributed.Communicator):
     """Two ranks holding the same values, without MPI: the all-reduce sums a buffer with its copy."""
     size = 2
@@ -103,6 +102,7 @@ def test_allreduce_flat_reduces_one_flat_buffer_in_place_and_several_arrays_thro
     for p, e in zip(parts, expected):
         np.testing.assert_array_equal(p, e)
     assert len(comm.reduced) == 2 and comm.reduced[1].size == sum(p.size for p in parts)
+
 
 @needs_mpi
 def test_two_and_three_ranks_train_as_one_process_and_reruns_are_bit_identical(tmp_path):
